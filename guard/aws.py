@@ -1,0 +1,81 @@
+"""AWS access: boto3 clients with standard retries, and a counter of every request sent.
+
+Credentials come from the standard chain (environment, profiles, SSO, instance role);
+``AWS_ENDPOINT_URL`` is honoured by botocore itself. Nothing here knows which AWS it talks to.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from functools import partial
+
+import boto3
+from botocore.config import Config
+
+RETRY_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 5},
+    connect_timeout=10,
+    read_timeout=60,
+    max_pool_connections=20,
+)
+
+CallKey = tuple[str, str, str]
+"""(region, service, operation)"""
+
+
+class CallCounter:
+    """Counts AWS API requests by (region, service, operation); thread-safe; each retry is a request."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[CallKey] = Counter()
+
+    def record(self, region: str, service: str, operation: str) -> None:
+        with self._lock:
+            self._counts[(region, service, operation)] += 1
+
+    def counts(self, region: str | None = None) -> dict[CallKey, int]:
+        with self._lock:
+            return {key: n for key, n in self._counts.items() if region is None or key[0] == region}
+
+    def total(self, region: str | None = None) -> int:
+        return sum(self.counts(region).values())
+
+    def by_operation(self, region: str | None = None) -> dict[str, int]:
+        """``{"ec2:DescribeInstances": 1, …}`` summed over regions (or for one region)."""
+        merged: Counter[str] = Counter()
+        for (_, service, operation), n in self.counts(region).items():
+            merged[f"{service}:{operation}"] += n
+        return dict(sorted(merged.items()))
+
+
+class Aws:
+    """One boto3 session, its cached clients per (service, region), and the call counter."""
+
+    def __init__(self, session: boto3.Session | None = None, counter: CallCounter | None = None):
+        self.session = session or boto3.Session()
+        self.counter = counter or CallCounter()
+        self._clients: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
+        self._account_id: str | None = None
+
+    def _on_send(self, region: str, event_name: str, **_: object) -> None:
+        # event_name is "before-send.<service>.<Operation>"
+        _, service, operation = event_name.split(".", 2)
+        self.counter.record(region, service, operation)
+
+    def client(self, service: str, region: str):
+        key = (service, region)
+        with self._lock:
+            if key not in self._clients:
+                client = self.session.client(service, region_name=region, config=RETRY_CONFIG)
+                client.meta.events.register("before-send", partial(self._on_send, region))
+                self._clients[key] = client
+            return self._clients[key]
+
+    def account_id(self, region: str) -> str:
+        """The account the credentials belong to (one STS call, then cached)."""
+        if self._account_id is None:
+            self._account_id = self.client("sts", region).get_caller_identity()["Account"]
+        return self._account_id

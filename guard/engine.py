@@ -1,0 +1,196 @@
+"""One scan of one account region: inventory → rules → reconcile findings → record the scan.
+
+The snapshot holds the union of what the enabled rules need; a failed collector leaves its part unknown and
+the rules that need it are skipped, so nothing they found before is resolved by a failed fetch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from types import MappingProxyType
+
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from guard.aws import Aws
+from guard.collectors import RESOURCE_COLLECTORS, collect_metrics
+from guard.model import Evaluation, Finding, Snapshot
+from guard.pricing import PriceCatalog, default_catalog
+from guard.rule import Context, Registry, Rule
+from guard.settings import Settings
+from guard.store import Store
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, str], None]
+"""Called with (region, what is happening now) during a scan."""
+
+
+@dataclass
+class ScanReport:
+    """What one scan did, for the CLI and the metrics."""
+
+    region: str
+    account_id: str
+    status: str
+    started_at: datetime
+    duration_seconds: float
+    api_calls: dict[str, int]
+    errors: list[dict[str, str]]
+    evaluations: dict[str, Evaluation] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [finding for evaluation in self.evaluations.values() for finding in evaluation.findings]
+
+
+def describe_aws_error(exc: BaseException) -> str:
+    """One line a person can act on."""
+    if isinstance(exc, NoCredentialsError):
+        return "no AWS credentials found: configure a profile (AWS_PROFILE), SSO, env keys or an instance role"
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{exc.operation_name}: {error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
+    if isinstance(exc, BotoCoreError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Scanner:
+    """Runs scans with the enabled rules; safe to call for different regions from different threads."""
+
+    def __init__(self, settings: Settings, registry: Registry, aws: Aws, store: Store,
+                 prices: PriceCatalog | None = None,
+                 on_scan: Callable[[ScanReport], None] | None = None):
+        self.settings = settings
+        self.aws = aws
+        self.store = store
+        self.prices = prices or default_catalog()
+        self.on_scan = on_scan
+        self.rules: list[Rule] = [
+            registry.rules[rule_id](settings.rule_configs[rule_id]) for rule_id in settings.enabled_rules()
+        ]
+        protect_key, protect_value = settings.protect_tag_pair
+        self.context = Context(prices=self.prices, owner_tag=settings.owner_tag,
+                               protect_tag=protect_key, protect_value=protect_value)
+
+    def scan(self, region: str, progress: Progress | None = None) -> ScanReport:
+        progress = progress or (lambda _region, _text: None)
+        started = datetime.now(timezone.utc)
+        clock = time.perf_counter()
+        calls_before = self.aws.counter.by_operation(region)
+        errors: list[dict[str, str]] = []
+        try:
+            progress(region, "identifying the account")
+            account_id = self.aws.account_id(region)
+        except Exception as exc:  # no credentials, no network: the whole scan failed
+            errors.append({"source": "account", "error": describe_aws_error(exc)})
+            return self._finish(region, "unknown", started, clock, calls_before, errors, {}, [], None)
+
+        snapshot = self._snapshot(account_id, region, started, errors, progress)
+        evaluations: dict[str, Evaluation] = {}
+        skipped: list[str] = []
+        for rule in self.rules:
+            missing = sorted(part for part in rule.needs if not snapshot.known(part))
+            if missing:
+                skipped.append(rule.id)
+                errors.append({"source": f"rule:{rule.id}", "error": f"skipped: {', '.join(missing)} unknown"})
+                continue
+            try:
+                evaluation = rule.evaluate(snapshot, self.context)
+            except Exception as exc:  # a broken rule must not hide the others
+                log.exception("rule %s failed in %s", rule.id, region)
+                skipped.append(rule.id)
+                errors.append({"source": f"rule:{rule.id}", "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            evaluations[rule.id] = evaluation
+            self.store.reconcile(account_id, region, rule.id, evaluation.findings, evaluation.undetermined,
+                                 now=started)
+        progress(region, "done")
+        return self._finish(region, account_id, started, clock, calls_before, errors, evaluations, skipped, snapshot)
+
+    def _snapshot(self, account_id: str, region: str, now: datetime, errors: list[dict[str, str]],
+                  progress: Progress) -> Snapshot:
+        needs = set().union(*(rule.needs for rule in self.rules)) if self.rules else set()
+        parts: dict[str, object] = {}
+        failures: dict[str, str] = {}
+        for part in sorted(needs - {"metrics"}):
+            progress(region, f"listing {part}")
+            try:
+                parts[part] = RESOURCE_COLLECTORS[part](self.aws, region)
+            except Exception as exc:
+                failures[part] = describe_aws_error(exc)
+        if "metrics" in needs:
+            partial = Snapshot(account_id=account_id, region=region, taken_at=now, **parts)
+            queries = []
+            for rule in self.rules:
+                if "metrics" in rule.needs and all(partial.known(p) for p in rule.needs - {"metrics"}):
+                    queries.extend(rule.metric_queries(partial, self.context))
+            total = len(set(queries))
+            done = 0
+
+            def advance(count: int) -> None:
+                nonlocal done
+                done += count
+                progress(region, f"fetching metrics {done}/{total}")
+
+            progress(region, f"fetching metrics 0/{total}")
+            try:
+                parts["metrics"] = MappingProxyType(collect_metrics(self.aws, region, queries, now, advance))
+            except Exception as exc:
+                failures["metrics"] = describe_aws_error(exc)
+        for part, error in failures.items():
+            errors.append({"source": f"collector:{part}", "error": error})
+        return Snapshot(account_id=account_id, region=region, taken_at=now,
+                        failures=MappingProxyType(failures), **parts)
+
+    def _running_cost(self, snapshot: Snapshot | None) -> list[dict[str, object]]:
+        if snapshot is None or snapshot.instances is None:
+            return []
+        groups: dict[tuple[str, str], list[float | None]] = defaultdict(list)
+        for instance in snapshot.instances:
+            if instance.state == "running":
+                owner = self.context.owner_of(instance.tags)
+                groups[(owner, instance.instance_type)].append(
+                    self.prices.hourly_usd(instance.instance_type, snapshot.region))
+        return [
+            {"owner": owner, "instance_type": instance_type, "count": len(prices),
+             "usd": round(sum(p for p in prices if p is not None), 6),
+             "price_unknown": sum(1 for p in prices if p is None)}
+            for (owner, instance_type), prices in sorted(groups.items())
+        ]
+
+    def _finish(self, region: str, account_id: str, started: datetime, clock: float,
+                calls_before: dict[str, int], errors: list[dict[str, str]], evaluations: dict[str, Evaluation],
+                skipped: list[str], snapshot: Snapshot | None) -> ScanReport:
+        duration = time.perf_counter() - clock
+        calls_after = self.aws.counter.by_operation(region)
+        api_calls = {op: n - calls_before.get(op, 0) for op, n in calls_after.items() if n - calls_before.get(op, 0)}
+        if snapshot is None:
+            status = "failed"
+        elif errors:
+            status = "partial" if evaluations else "failed"
+        else:
+            status = "ok"
+        findings_open = sum(len(e.findings) for e in evaluations.values())
+        self.store.add_scan(
+            account_id=account_id, region=region, started_at=started,
+            finished_at=datetime.now(timezone.utc), status=status, api_calls=sum(api_calls.values()),
+            api_calls_by_operation=api_calls, errors=errors, rules_evaluated=sorted(evaluations),
+            rules_skipped=sorted(skipped), findings_open=findings_open,
+            running_hourly_usd=self._running_cost(snapshot),
+        )
+        for error in errors:
+            log.warning("scan %s: %s: %s", region, error["source"], error["error"])
+        report = ScanReport(region=region, account_id=account_id, status=status, started_at=started,
+                            duration_seconds=duration, api_calls=api_calls, errors=errors,
+                            evaluations=evaluations, skipped=skipped, snapshot=snapshot)
+        if self.on_scan:
+            self.on_scan(report)
+        return report

@@ -1,0 +1,130 @@
+"""What a rule is, the context it evaluates in, and how rules are discovered (entry points ``guard.rules``).
+
+A rule is one class registered by name. It declares the snapshot parts it needs and the metric
+series it wants; ``evaluate`` is a pure function of the snapshot and the context — no I/O.
+Its docstring follows four headed sections (What it detects / Why it costs money / Example / Fix),
+from which the README's rule table is generated.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from importlib.metadata import entry_points
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from guard.model import Evaluation, MetricQuery, Snapshot, Tags
+from guard.pricing import PriceCatalog
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "guard.rules"
+SNAPSHOT_PARTS = frozenset({"instances", "volumes", "metrics"})
+
+
+class RuleConfig(BaseModel):
+    """Settings every rule has; a rule subclasses this with its thresholds (``[rules.<id>]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a rule may know besides the snapshot: prices and the team's tag conventions."""
+
+    prices: PriceCatalog
+    owner_tag: str = "owner"
+    protect_tag: str = "guard:protect"
+    protect_value: str = "true"
+
+    def owner_of(self, tags: Tags) -> str:
+        return tags.get(self.owner_tag) or "unknown"
+
+    def is_protected(self, tags: Tags) -> bool:
+        return tags.get(self.protect_tag, "").lower() == self.protect_value.lower()
+
+
+class Rule:
+    """Base class of every rule plugin."""
+
+    id: ClassVar[str]
+    resource_type: ClassVar[str]
+    needs: ClassVar[frozenset[str]]
+    """Snapshot parts the rule reads; it is skipped for the cycle when one of them is unknown."""
+    inputs: ClassVar[str]
+    waste_formula: ClassVar[str]
+    suggested_action: ClassVar[str]
+    iam_permissions: ClassVar[tuple[str, ...]]
+    Config: ClassVar[type[RuleConfig]] = RuleConfig
+
+    def __init__(self, config: RuleConfig | None = None):
+        self.config = config if config is not None else self.Config()
+
+    def metric_queries(self, snapshot: Snapshot, context: Context) -> Iterable[MetricQuery]:
+        """The CloudWatch series this rule needs, given the resources already in the snapshot."""
+        return ()
+
+    def evaluate(self, snapshot: Snapshot, context: Context) -> Evaluation:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Registry:
+    """The rules found through entry points, and the plugins that failed to load."""
+
+    rules: Mapping[str, type[Rule]]
+    errors: Mapping[str, str]
+
+
+def discover_rules() -> Registry:
+    """Load every ``guard.rules`` entry point; a broken plugin is reported, never hides the others."""
+    rules: dict[str, type[Rule]] = {}
+    errors: dict[str, str] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            cls = ep.load()
+        except Exception as exc:  # a plugin's import error must not stop the daemon
+            errors[ep.name] = f"{type(exc).__name__}: {exc}"
+            log.error("rule plugin %s failed to load: %s", ep.name, exc)
+            continue
+        if not (inspect.isclass(cls) and issubclass(cls, Rule)):
+            errors[ep.name] = f"{ep.value} is not a guard.rule.Rule subclass"
+            continue
+        if cls.id != ep.name:
+            errors[ep.name] = f"entry point name {ep.name!r} differs from the rule id {cls.id!r}"
+            continue
+        unknown_parts = set(cls.needs) - SNAPSHOT_PARTS
+        if unknown_parts:
+            errors[ep.name] = f"needs unknown snapshot parts {sorted(unknown_parts)}"
+            continue
+        rules[cls.id] = cls
+    return Registry(rules=dict(sorted(rules.items())), errors=errors)
+
+
+_SECTION = re.compile(r"^(What it detects|Why it costs money|Example|Fix)\s*$", re.MULTILINE)
+
+
+def rule_doc(cls: type[Rule]) -> dict[str, str]:
+    """The docstring's summary line and its four sections, as plain text."""
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    summary, _, body = doc.partition("\n")
+    sections = {"summary": summary.strip()}
+    pieces = _SECTION.split(body)
+    for title, text in zip(pieces[1::2], pieces[2::2]):
+        sections[title] = " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    return sections
+
+
+def thresholds_doc(cls: type[Rule]) -> str:
+    """``name`` = default for each threshold of a rule's config (all but ``enabled``)."""
+    config = cls.Config()
+    dumped = config.model_dump(mode="json")
+    return ", ".join(f"`{name}` = {dumped[name]!r}" for name in cls.Config.model_fields if name != "enabled")

@@ -1,0 +1,210 @@
+"""The daemon's configuration: ``GUARD_*`` environment variables over an optional ``guard.toml``.
+
+Precedence: explicit arguments > environment > TOML file (``GUARD_CONFIG``, else ``./guard.toml`` if present)
+> defaults. Per-rule thresholds live in ``[rules.<id>]`` or ``GUARD_RULES__<ID>__<KEY>``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from guard.durations import Duration
+from guard.rule import Registry, RuleConfig
+
+Mode = Literal["observe", "dry-run", "enforce"]
+_REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message is one line saying which, its value and what is allowed."""
+
+
+def config_file() -> Path | None:
+    explicit = os.environ.get("GUARD_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"GUARD_CONFIG = {explicit!r}: no such file; point it at a guard.toml or unset it")
+        return path
+    default = Path("guard.toml")
+    return default if default.is_file() else None
+
+
+class Settings(BaseSettings):
+    """Everything the daemon can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GUARD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    regions: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["us-east-1"], description="AWS regions to scan (comma-separated in GUARD_REGIONS)")
+    scan_interval: Duration = Field(timedelta(seconds=60), description="time between two scans of a region")
+    mode: Mode = Field("observe", description="observe (no mutating AWS call), dry-run, or enforce")
+    database_url: str = Field("sqlite:///guard.db", description="SQLAlchemy URL: sqlite:///path or postgresql://…")
+    listen: str = Field("127.0.0.1:9464", description="host:port of the HTTP server (/metrics, /v1/…)")
+    api_token: SecretStr | None = Field(None, description="bearer token for /v1/…; a random one is made if unset")
+    owner_tag: str = Field("owner", description="tag whose value names a resource's owner")
+    protect_tag: str = Field("guard:protect=true", description="key=value tag that exempts a resource")
+    rules: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-rule sections [rules.<id>]")
+
+    _rule_configs: dict[str, RuleConfig] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _split_regions(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("regions")
+    @classmethod
+    def _check_regions(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("expected at least one region, e.g. 'us-east-1,us-west-2'")
+        for region in value:
+            if not _REGION.match(region):
+                raise ValueError(f"{region!r} is not an AWS region name; expected names like 'us-east-1'")
+        return list(dict.fromkeys(value))
+
+    @field_validator("scan_interval")
+    @classmethod
+    def _positive_interval(cls, value: timedelta) -> timedelta:
+        if value.total_seconds() < 1:
+            raise ValueError("expected at least 1 second, e.g. '60s'")
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected host:port, e.g. '127.0.0.1:9464' or '0.0.0.0:9464'")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError("expected a URL like 'sqlite:///guard.db' or 'postgresql://user@host/db'") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError("expected a sqlite:/// or postgresql:// URL")
+        return value
+
+    @field_validator("protect_tag")
+    @classmethod
+    def _check_protect_tag(cls, value: str) -> str:
+        key, sep, tag_value = value.partition("=")
+        if not sep or not key or not tag_value:
+            raise ValueError("expected key=value, e.g. 'guard:protect=true'")
+        return value
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _normalise_rule_ids(cls, value: Any) -> Any:
+        """Environment names can't hold '-': GUARD_RULES__IDLE_VMS__… configures rule 'idle-vms'."""
+        if not isinstance(value, Mapping):
+            return value
+        merged: dict[str, dict[str, Any]] = {}
+        for rule_id, section in value.items():
+            key = str(rule_id).lower().replace("_", "-")
+            if not isinstance(section, Mapping):
+                raise ValueError(f"[rules.{key}] must be a table of settings, e.g. enabled = false")
+            merged.setdefault(key, {}).update({str(k).lower(): v for k, v in section.items()})
+        return merged
+
+    @property
+    def protect_tag_pair(self) -> tuple[str, str]:
+        key, _, value = self.protect_tag.partition("=")
+        return key, value
+
+    def resolve_rules(self, registry: Registry) -> dict[str, RuleConfig]:
+        """Validate every [rules.<id>] section against its rule; unknown ids and bad values raise ConfigError."""
+        unknown = sorted(set(self.rules) - set(registry.rules))
+        if unknown:
+            raise ConfigError(f"rules.{unknown[0]}: unknown rule id; known rules: {', '.join(registry.rules)}")
+        configs: dict[str, RuleConfig] = {}
+        for rule_id, cls in registry.rules.items():
+            try:
+                configs[rule_id] = cls.Config.model_validate(self.rules.get(rule_id, {}))
+            except ValidationError as exc:
+                raise ConfigError(describe_error(exc, prefix=f"rules.{rule_id}", section=self.rules.get(rule_id))) from None
+        self._rule_configs = configs
+        return configs
+
+    @property
+    def rule_configs(self) -> dict[str, RuleConfig]:
+        return self._rule_configs
+
+    def enabled_rules(self) -> list[str]:
+        return [rule_id for rule_id, config in self._rule_configs.items() if config.enabled]
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as plain data, secrets masked."""
+        from sqlalchemy.engine import make_url
+
+        data = self.model_dump(mode="json", exclude={"rules"})
+        data["api_token"] = "********" if self.api_token else None
+        data["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
+        data["rules"] = {rule_id: config.model_dump(mode="json") for rule_id, config in self._rule_configs.items()}
+        return data
+
+
+def describe_error(exc: ValidationError, prefix: str = "", section: Mapping[str, Any] | None = None) -> str:
+    """One line for the first error: the key (as setting and env name), its value, and what is allowed."""
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join([prefix, *loc] if prefix else loc)
+    value = error.get("input")
+    if section is not None and loc and loc[0] in section:
+        value = section[loc[0]]
+    env_name = "GUARD_" + key.upper().replace(".", "__").replace("-", "_")
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "literal_error":
+        message = "expected " + message.removeprefix("Input should be ")
+    elif error["type"] == "extra_forbidden":
+        return f"{key}: unknown setting; see `guard check-config` for the settings that exist ({env_name})"
+    return f"{key} = {value!r}: {message} (set via {env_name} or guard.toml)"
+
+
+def load_settings(registry: Registry, **overrides: Any) -> Settings:
+    """Settings from the environment and guard.toml, with every rule section validated; raises ConfigError."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_error(exc)) from None
+    except ValueError as exc:  # a malformed TOML file or env value the source could not decode
+        raise ConfigError(f"configuration could not be read: {exc}") from None
+    settings.resolve_rules(registry)
+    return settings

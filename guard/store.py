@@ -1,0 +1,274 @@
+"""The findings and scans store (SQLAlchemy): SQLite by default, PostgreSQL by URL.
+
+A finding's lifecycle: ``open`` (first_seen, refreshed last_seen) → ``resolved`` (resolved_at) when a successful
+evaluation of its rule no longer produces it. A finding that comes back opens a new row, so history is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from guard.model import Finding
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use UTC-aware datetimes")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return value.replace(tzinfo=timezone.utc) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class FindingRow(Base):
+    __tablename__ = "findings"
+    __table_args__ = (Index("ix_findings_open", "state", "account_id", "region", "rule", "resource_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rule: Mapped[str] = mapped_column(String(64))
+    account_id: Mapped[str] = mapped_column(String(32))
+    region: Mapped[str] = mapped_column(String(32))
+    resource_id: Mapped[str] = mapped_column(String(256))
+    resource_type: Mapped[str] = mapped_column(String(64))
+    owner: Mapped[str] = mapped_column(String(256))
+    severity: Mapped[str] = mapped_column(String(16))
+    waste_hourly_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    summary: Mapped[str] = mapped_column(Text)
+    suggested_action: Mapped[str] = mapped_column(String(64))
+    evidence: Mapped[dict] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="open")
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "rule": self.rule,
+            "resource_id": self.resource_id,
+            "resource_type": self.resource_type,
+            "account_id": self.account_id,
+            "region": self.region,
+            "owner": self.owner,
+            "severity": self.severity,
+            "waste_hourly_usd": self.waste_hourly_usd,
+            "summary": self.summary,
+            "evidence": self.evidence,
+            "state": self.state,
+            "first_seen": self.first_seen.isoformat(),
+            "last_seen": self.last_seen.isoformat(),
+            "resolved_at": self.resolved_at.isoformat() if self.resolved_at else None,
+            "suggested_action": self.suggested_action,
+        }
+
+
+class ScanRow(Base):
+    __tablename__ = "scans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    account_id: Mapped[str] = mapped_column(String(32))
+    region: Mapped[str] = mapped_column(String(32), index=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    status: Mapped[str] = mapped_column(String(16))  # ok | partial | failed
+    api_calls: Mapped[int] = mapped_column(Integer)
+    api_calls_by_operation: Mapped[dict] = mapped_column(JSON)
+    errors: Mapped[list] = mapped_column(JSON)
+    rules_evaluated: Mapped[list] = mapped_column(JSON)
+    rules_skipped: Mapped[list] = mapped_column(JSON)
+    findings_open: Mapped[int] = mapped_column(Integer)
+    running_hourly_usd: Mapped[list] = mapped_column(JSON)  # [{owner, instance_type, usd, count}, …]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "account_id": self.account_id,
+            "region": self.region,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+            "duration_seconds": round((self.finished_at - self.started_at).total_seconds(), 3),
+            "status": self.status,
+            "api_calls": self.api_calls,
+            "api_calls_by_operation": self.api_calls_by_operation,
+            "errors": self.errors,
+            "rules_evaluated": self.rules_evaluated,
+            "rules_skipped": self.rules_skipped,
+            "findings_open": self.findings_open,
+        }
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    opened: int
+    refreshed: int
+    resolved: int
+
+
+class Store:
+    """All reads and writes of findings and scans."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = _make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def reconcile(self, account_id: str, region: str, rule: str, findings: Iterable[Finding],
+                  undetermined: Iterable[str], now: datetime) -> Reconciled:
+        """Apply one successful evaluation of ``rule`` in a region: open, refresh, resolve."""
+        produced = {finding.resource_id: finding for finding in findings}
+        keep_open = set(undetermined)
+        opened = refreshed = resolved = 0
+        with self.session() as session, session.begin():
+            open_rows = session.scalars(
+                select(FindingRow).where(
+                    FindingRow.state == "open",
+                    FindingRow.account_id == account_id,
+                    FindingRow.region == region,
+                    FindingRow.rule == rule,
+                )
+            ).all()
+            seen = set()
+            for row in open_rows:
+                finding = produced.get(row.resource_id)
+                if finding is not None and row.resource_id not in seen:
+                    _refresh(row, finding, now)
+                    seen.add(row.resource_id)
+                    refreshed += 1
+                elif row.resource_id not in keep_open:
+                    row.state = "resolved"
+                    row.resolved_at = now
+                    resolved += 1
+            for resource_id, finding in produced.items():
+                if resource_id in seen:
+                    continue
+                row = FindingRow(account_id=account_id, rule=rule, region=region, resource_id=resource_id,
+                                 state="open", first_seen=now)
+                _refresh(row, finding, now)
+                session.add(row)
+                opened += 1
+        return Reconciled(opened=opened, refreshed=refreshed, resolved=resolved)
+
+    def add_scan(self, **fields: Any) -> ScanRow:
+        with self.session() as session, session.begin():
+            row = ScanRow(**fields)
+            session.add(row)
+        return row
+
+    def findings(self, state: str = "open", rule: str | None = None, region: str | None = None,
+                 limit: int | None = None) -> list[FindingRow]:
+        query = select(FindingRow)
+        if state != "all":
+            query = query.where(FindingRow.state == state)
+        if rule:
+            query = query.where(FindingRow.rule == rule)
+        if region:
+            query = query.where(FindingRow.region == region)
+        query = query.order_by(FindingRow.waste_hourly_usd.desc().nulls_last(), FindingRow.id)
+        if limit:
+            query = query.limit(limit)
+        with self.session() as session:
+            return list(session.scalars(query).all())
+
+    def scans(self, region: str | None = None, limit: int = 100) -> list[ScanRow]:
+        query = select(ScanRow).order_by(ScanRow.id.desc()).limit(limit)
+        if region:
+            query = query.where(ScanRow.region == region)
+        with self.session() as session:
+            return list(session.scalars(query).all())
+
+    def latest_scans(self, status: Iterable[str] = ("ok", "partial", "failed")) -> list[ScanRow]:
+        """The newest scan per (account, region) among the given statuses."""
+        newest = (
+            select(func.max(ScanRow.id))
+            .where(ScanRow.status.in_(list(status)))
+            .group_by(ScanRow.account_id, ScanRow.region)
+        )
+        with self.session() as session:
+            return list(session.scalars(select(ScanRow).where(ScanRow.id.in_(newest))).all())
+
+    def open_summary(self) -> list[tuple[str, str, str, str, int, float, int]]:
+        """(rule, region, owner, severity, count, priced waste $/h, count with unknown price) of open findings."""
+        query = (
+            select(
+                FindingRow.rule, FindingRow.region, FindingRow.owner, FindingRow.severity,
+                func.count(), func.coalesce(func.sum(FindingRow.waste_hourly_usd), 0.0),
+                func.count() - func.count(FindingRow.waste_hourly_usd),
+            )
+            .where(FindingRow.state == "open")
+            .group_by(FindingRow.rule, FindingRow.region, FindingRow.owner, FindingRow.severity)
+        )
+        with self.session() as session:
+            return [tuple(row) for row in session.execute(query).all()]
+
+
+def _refresh(row: FindingRow, finding: Finding, now: datetime) -> None:
+    row.resource_type = finding.resource_type
+    row.owner = finding.owner
+    row.severity = finding.severity.value
+    row.waste_hourly_usd = finding.waste_hourly_usd
+    row.summary = finding.summary
+    row.suggested_action = finding.suggested_action
+    row.evidence = _jsonable(finding.evidence)
+    row.last_seen = now
+
+
+def _jsonable(evidence: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: (value.isoformat() if isinstance(value, datetime) else value) for key, value in evidence.items()}
+
+
+def _make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    engine = create_engine(parsed, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _sqlite_pragmas(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        if parsed.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return engine

@@ -1,0 +1,122 @@
+"""The ``idle-vms`` rule."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field
+
+from guard.durations import Duration, format_duration
+from guard.model import Evaluation, Finding, Instance, MetricQuery, Severity, Snapshot
+from guard.pricing import HOURS_PER_MONTH
+from guard.rule import Context, Rule, RuleConfig
+
+_MB = 1_000_000
+
+
+class IdleVMsConfig(RuleConfig):
+    window: Duration = Field(timedelta(hours=1), description="how far back utilisation is averaged")
+    period: Duration = Field(timedelta(minutes=5), description="CloudWatch period (5 min = basic monitoring)")
+    cpu_percent_max: float = Field(5.0, ge=0, le=100, description="average CPU below this is idle")
+    network_mb_per_hour_max: float = Field(5.0, ge=0, description="NetworkIn+NetworkOut below this is idle")
+    min_coverage: float = Field(0.8, gt=0, le=1, description="share of the window's datapoints required")
+
+
+class IdleVMs(Rule):
+    """Running instances that do nothing: low CPU and almost no network traffic over the window.
+
+    What it detects
+        A running instance whose average `CPUUtilization` stayed below `cpu_percent_max` and whose
+        `NetworkIn + NetworkOut` stayed below `network_mb_per_hour_max` for the whole `window`
+        (at least `min_coverage` of the window's datapoints present). GPU instances are high severity.
+    Why it costs money
+        An instance bills its full on-demand rate while it waits: a forgotten g5.12xlarge is $5.67 an hour,
+        $4,100 a month, whether or not anything runs on it.
+    Example
+        A notebook's m5.2xlarge left running over the weekend at 0.8% CPU and 0.2 MB/h of traffic: $0.384/hour.
+    Fix
+        Stop the instance (its disk survives), or launch work through the SDK with a `keepalive` so it stops itself.
+    """
+
+    id = "idle-vms"
+    resource_type = "instance"
+    needs = frozenset({"instances", "metrics"})
+    inputs = "EC2 instances; CloudWatch AWS/EC2 CPUUtilization (Average), NetworkIn and NetworkOut (Sum)"
+    waste_formula = "the instance type's on-demand $/hour in its region"
+    suggested_action = "stop"
+    iam_permissions = ("ec2:DescribeInstances", "cloudwatch:GetMetricData")
+    Config = IdleVMsConfig
+    config: IdleVMsConfig
+
+    def _queries(self, instance: Instance) -> tuple[MetricQuery, MetricQuery, MetricQuery]:
+        def query(metric: str, stat: str) -> MetricQuery:
+            return MetricQuery(
+                namespace="AWS/EC2",
+                metric=metric,
+                dimensions=(("InstanceId", instance.id),),
+                stat=stat,
+                period_seconds=int(self.config.period.total_seconds()),
+                window_seconds=int(self.config.window.total_seconds()),
+            )
+
+        return query("CPUUtilization", "Average"), query("NetworkIn", "Sum"), query("NetworkOut", "Sum")
+
+    def metric_queries(self, snapshot: Snapshot, context: Context):
+        for instance in snapshot.instances or ():
+            if instance.state == "running" and not context.is_protected(instance.tags):
+                yield from self._queries(instance)
+
+    def evaluate(self, snapshot: Snapshot, context: Context) -> Evaluation:
+        cfg = self.config
+        expected_points = max(1, int(cfg.window.total_seconds() // cfg.period.total_seconds()))
+        needed_points = max(1, round(expected_points * cfg.min_coverage))
+        findings, undetermined = [], set()
+        for instance in snapshot.instances or ():
+            if instance.state != "running" or context.is_protected(instance.tags):
+                continue
+            cpu_q, net_in_q, net_out_q = self._queries(instance)
+            cpu, net_in, net_out = (snapshot.series(q) for q in (cpu_q, net_in_q, net_out_q))
+            if min(len(cpu), len(net_in), len(net_out)) < needed_points:
+                undetermined.add(instance.id)
+                continue
+            cpu_avg = sum(cpu.values) / len(cpu)
+            observed_hours = len(net_in) * cfg.period.total_seconds() / 3600
+            network_mb_per_hour = (sum(net_in.values) + sum(net_out.values)) / _MB / observed_hours
+            if cpu_avg >= cfg.cpu_percent_max or network_mb_per_hour >= cfg.network_mb_per_hour_max:
+                continue
+            findings.append(self._finding(instance, snapshot.region, context, cpu_avg, network_mb_per_hour, len(cpu)))
+        return Evaluation(findings=tuple(findings), undetermined=frozenset(undetermined))
+
+    def _finding(self, instance: Instance, region: str, context: Context, cpu_avg: float,
+                 network_mb_per_hour: float, datapoints: int) -> Finding:
+        hourly = context.prices.hourly_usd(instance.instance_type, region)
+        gpu = context.prices.is_gpu(instance.instance_type)
+        if gpu or (hourly is not None and hourly >= 1.0):
+            severity = Severity.high
+        else:
+            severity = Severity.medium
+        window = format_duration(self.config.window)
+        price_text = f"${hourly:.3f}/hour" if hourly is not None else "price unknown"
+        return Finding(
+            rule=self.id,
+            resource_id=instance.id,
+            resource_type=self.resource_type,
+            region=region,
+            owner=context.owner_of(instance.tags),
+            severity=severity,
+            waste_hourly_usd=hourly,
+            summary=(f"{instance.instance_type}{' (GPU)' if gpu else ''} idle for {window}: "
+                     f"CPU {cpu_avg:.1f}%, network {network_mb_per_hour:.2f} MB/h — {price_text}"),
+            suggested_action=self.suggested_action,
+            evidence={
+                "instance_type": instance.instance_type,
+                "gpu": gpu,
+                "cpu_avg_percent": round(cpu_avg, 3),
+                "network_mb_per_hour": round(network_mb_per_hour, 4),
+                "datapoints": datapoints,
+                "window": window,
+                "on_demand_usd_per_hour": hourly,
+                "monthly_usd": round(hourly * HOURS_PER_MONTH, 2) if hourly is not None else None,
+                "price": "known" if hourly is not None else "unknown",
+            },
+        )

@@ -13,7 +13,6 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from importlib.metadata import entry_points
 from typing import ClassVar
 
@@ -118,7 +117,7 @@ def rule_doc(cls: type[Rule]) -> dict[str, str]:
     summary, _, body = doc.partition("\n")
     sections = {"summary": summary.strip()}
     pieces = _SECTION.split(body)
-    for title, text in zip(pieces[1::2], pieces[2::2]):
+    for title, text in zip(pieces[1::2], pieces[2::2], strict=True):
         sections[title] = " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
     return sections
 

@@ -159,7 +159,8 @@ class Settings(BaseSettings):
             try:
                 configs[rule_id] = cls.Config.model_validate(self.rules.get(rule_id, {}))
             except ValidationError as exc:
-                raise ConfigError(describe_error(exc, prefix=f"rules.{rule_id}", section=self.rules.get(rule_id))) from None
+                section = self.rules.get(rule_id)
+                raise ConfigError(describe_error(exc, prefix=f"rules.{rule_id}", section=section)) from None
         self._rule_configs = configs
         return configs
 

@@ -74,7 +74,8 @@ class DetachedVolumes(Rule):
             owner=context.owner_of(volume.tags),
             severity=severity,
             waste_hourly_usd=hourly,
-            summary=f"{volume.size_gib} GiB {volume.volume_type} attached to nothing, {age_days:.1f} days old — {price_text}",
+            summary=(f"{volume.size_gib} GiB {volume.volume_type} attached to nothing, "
+                     f"{age_days:.1f} days old — {price_text}"),
             suggested_action=self.suggested_action,
             evidence={
                 "volume_type": volume.volume_type,

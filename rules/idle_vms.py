@@ -91,10 +91,7 @@ class IdleVMs(Rule):
                  network_mb_per_hour: float, datapoints: int) -> Finding:
         hourly = context.prices.hourly_usd(instance.instance_type, region)
         gpu = context.prices.is_gpu(instance.instance_type)
-        if gpu or (hourly is not None and hourly >= 1.0):
-            severity = Severity.high
-        else:
-            severity = Severity.medium
+        severity = Severity.high if gpu or (hourly is not None and hourly >= 1.0) else Severity.medium
         window = format_duration(self.config.window)
         price_text = f"${hourly:.3f}/hour" if hourly is not None else "price unknown"
         return Finding(

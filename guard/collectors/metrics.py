@@ -62,7 +62,8 @@ def collect_metrics(aws: Aws, region: str, queries: Iterable[MetricQuery], now: 
                 for result in reply.get("MetricDataResults", []):
                     if result.get("StatusCode") in ("InternalError", "Forbidden"):
                         raise MetricsError(f"GetMetricData {result['Id']}: {result.get('StatusCode')}")
-                    points[result["Id"]].extend(zip(result.get("Timestamps", []), result.get("Values", [])))
+                    pairs = zip(result.get("Timestamps", []), result.get("Values", []), strict=True)
+                    points[result["Id"]].extend(pairs)
                 token = reply.get("NextToken")
                 if not token:
                     break

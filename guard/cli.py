@@ -1,0 +1,240 @@
+"""The ``guard`` command line: demo, run, scan, findings, check-config, rules."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from guard.aws import Aws
+from guard.docs import rules_markdown
+from guard.engine import Scanner, ScanReport
+from guard.render import findings_json, print_findings
+from guard.rule import Registry, discover_rules, rule_doc, thresholds_doc
+from guard.settings import ConfigError, Settings, load_settings
+from guard.store import Store
+
+app = typer.Typer(help="vmguard: find and price the waste in an AWS account.", no_args_is_help=True,
+                  pretty_exceptions_show_locals=False, add_completion=False)
+console = Console()
+err = Console(stderr=True)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class State(str, Enum):
+    open = "open"
+    resolved = "resolved"
+    all = "all"
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[red]guard: error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _registry() -> Registry:
+    registry = discover_rules()
+    for name, error in registry.errors.items():
+        err.print(f"[yellow]guard: warning:[/yellow] rule plugin {name!r} not loaded: {error}", soft_wrap=True)
+    return registry
+
+
+def _settings(registry: Registry, **overrides: Any) -> Settings:
+    try:
+        return load_settings(registry, **overrides)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False)])
+    for noisy in ("botocore", "boto3", "urllib3", "apscheduler.executors.default", "werkzeug"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _scan_all(scanner: Scanner, regions: list[str]) -> list[ScanReport]:
+    """Scan each region, showing progress when stderr is a terminal."""
+    reports = []
+    with err.status("scanning…") as status:
+        for region in regions:
+            reports.append(scanner.scan(region, progress=lambda r, text: status.update(f"{r}: {text}")))
+    for report in reports:
+        for error in report.errors:
+            err.print(f"[yellow]{report.region}: {error['source']}: {error['error']}[/yellow]", soft_wrap=True)
+    return reports
+
+
+def _open_findings(store: Store, regions: list[str]) -> list[dict[str, Any]]:
+    return [row.as_dict() for row in store.findings(state="open") if row.region in regions]
+
+
+@app.command()
+def demo(
+    once: bool = typer.Option(False, "--once", help="scan once, print the findings and exit"),
+    listen: str = typer.Option(None, help="host:port for /metrics and the API (default from settings)"),
+    output: Format = typer.Option(Format.table, "--format", help="findings as a table or JSON"),
+) -> None:
+    """Seed an emulated team account full of waste, run the daemon on it, and show what it finds."""
+    from guard.sandbox import SandboxServer, seed_team_account
+
+    registry = _registry()
+    started = time.perf_counter()
+    with err.status("starting the sandbox account (emulated AWS on loopback)…"):
+        server = SandboxServer()
+        server.start()
+        server.apply_env()
+        truth = seed_team_account(server.endpoint_url)
+    regions = sorted(truth.regions)
+    workdir = Path(tempfile.mkdtemp(prefix="vmguard-demo-"))
+    overrides: dict[str, Any] = {"regions": regions, "database_url": f"sqlite:///{workdir / 'guard.db'}",
+                                 "mode": "observe"}
+    if listen:
+        overrides["listen"] = listen
+    settings = _settings(registry, **overrides)
+    err.print(f"sandbox account seeded at {server.endpoint_url} in {time.perf_counter() - started:.1f}s "
+              f"({', '.join(regions)})")
+    try:
+        if once:
+            store = Store(settings.database_url)
+            _scan_all(Scanner(settings, registry, Aws(), store), regions)
+            raise typer.Exit(_show_demo_result(store, regions, truth, output))
+        from guard.daemon import Daemon
+
+        _logging(verbose=False)
+        daemon = Daemon(settings, registry)
+        _scan_all(daemon.scanner, regions)
+        _show_demo_result(daemon.store, regions, truth, output)
+        err.print(f"\nserving http://{settings.listen}/metrics and /v1/findings (token: {daemon.api_token}); "
+                  f"rescanning every {int(settings.scan_interval.total_seconds())}s — Ctrl-C stops")
+        daemon.start_scheduler()
+        daemon.serve()
+    finally:
+        server.stop()
+
+
+def _show_demo_result(store: Store, regions: list[str], truth: Any, output: Format) -> int:
+    findings = _open_findings(store, regions)
+    if output is Format.json:
+        console.print_json(findings_json(findings)) if console.is_terminal else print(findings_json(findings))
+    else:
+        print_findings(console, findings, title="sandbox account")
+    found = {(f["rule"], f["region"], f["resource_id"]): f["waste_hourly_usd"] for f in findings}
+    expected = {key: e.waste_hourly_usd for key, e in truth.expected().items()}
+    same_prices = all(
+        (found[key] is None and value is None) or (found[key] is not None and value is not None
+                                                   and abs(found[key] - value) < 1e-9)
+        for key, value in expected.items() if key in found
+    )
+    if found.keys() == expected.keys() and same_prices:
+        err.print(f"[green]matches the sandbox's ground truth: {len(expected)} findings, same resources, "
+                  "same dollars[/green]")
+        return 0
+    missing, extra = sorted(expected.keys() - found.keys()), sorted(found.keys() - expected.keys())
+    err.print(f"[red]differs from the sandbox's ground truth: missing {missing}, unexpected {extra}[/red]")
+    return 1
+
+
+@app.command()
+def run(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+    """Run the daemon per settings: scan every region on schedule and serve /metrics and the API."""
+    from guard.daemon import Daemon
+
+    registry = _registry()
+    settings = _settings(registry)
+    _logging(verbose)
+    daemon = Daemon(settings, registry)
+    if daemon.token_generated:
+        err.print(f"GUARD_API_TOKEN is not set; this run's API token is {daemon.api_token}")
+    err.print(f"vmguard {settings.mode} mode: scanning {', '.join(settings.regions)} every "
+              f"{int(settings.scan_interval.total_seconds())}s; serving http://{settings.listen}/metrics")
+    daemon.start_scheduler()
+    daemon.serve()
+
+
+@app.command()
+def scan(
+    once: bool = typer.Option(False, "--once", help="scan once and exit (otherwise repeat every scan_interval)"),
+    output: Format = typer.Option(Format.table, "--format"),
+    region: list[str] = typer.Option(None, "--region", help="scan only this region (repeatable)"),
+) -> None:
+    """Scan the configured regions in the foreground and print the open findings."""
+    registry = _registry()
+    settings = _settings(registry, **({"regions": region} if region else {}))
+    store = Store(settings.database_url)
+    scanner = Scanner(settings, registry, Aws(), store)
+    while True:
+        reports = _scan_all(scanner, settings.regions)
+        findings = _open_findings(store, settings.regions)
+        if output is Format.json:
+            print(findings_json(findings))
+        else:
+            print_findings(console, findings)
+        if once:
+            raise typer.Exit(0 if all(r.status == "ok" for r in reports) else 1)
+        time.sleep(settings.scan_interval.total_seconds())
+
+
+@app.command()
+def findings(
+    state: State = typer.Option(State.open, "--state"),
+    output: Format = typer.Option(Format.table, "--format"),
+    rule: str = typer.Option(None, "--rule", help="only this rule"),
+    region: str = typer.Option(None, "--region", help="only this region"),
+) -> None:
+    """List the findings kept in the store."""
+    registry = _registry()
+    settings = _settings(registry)
+    if rule and rule not in registry.rules:
+        raise _fail(f"--rule {rule!r}: unknown rule id; known rules: {', '.join(registry.rules)}")
+    rows = [r.as_dict() for r in Store(settings.database_url).findings(state=state.value, rule=rule, region=region)]
+    if output is Format.json:
+        print(findings_json(rows))
+    else:
+        print_findings(console, rows, title=f"{state.value} findings")
+
+
+@app.command("check-config")
+def check_config() -> None:
+    """Print the effective configuration (secrets masked); exit 2 with one line if a value is wrong."""
+    registry = _registry()
+    settings = _settings(registry)
+    console.print_json(json.dumps(settings.masked())) if console.is_terminal else print(
+        json.dumps(settings.masked(), indent=2))
+
+
+@app.command("rules")
+def list_rules(output: str = typer.Option("table", "--format", help="table or markdown (the README block)")) -> None:
+    """The rules installed, with what they detect and their thresholds."""
+    registry = _registry()
+    if output == "markdown":
+        print(rules_markdown(registry))
+        return
+    if output != "table":
+        raise _fail(f"--format {output!r}: expected 'table' or 'markdown'")
+    from rich.table import Table
+
+    table = Table("rule", "what it detects", "thresholds (defaults)", "suggested action")
+    for rule_id, cls in registry.rules.items():
+        table.add_row(rule_id, rule_doc(cls)["summary"], thresholds_doc(cls), cls.suggested_action)
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

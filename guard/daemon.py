@@ -1,0 +1,80 @@
+"""The long-running daemon: APScheduler scans each region on an interval; uvicorn serves the API, same process."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from datetime import datetime, timezone
+
+import uvicorn
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from guard.api import create_app
+from guard.aws import Aws
+from guard.engine import Scanner, ScanReport
+from guard.metrics import DaemonMetrics
+from guard.rule import Registry
+from guard.settings import Settings
+from guard.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """Scheduler + scanner + store + metrics + HTTP app, wired from settings."""
+
+    def __init__(self, settings: Settings, registry: Registry, aws: Aws | None = None):
+        self.settings = settings
+        self.store = Store(settings.database_url)
+        self.aws = aws or Aws()
+        self.metrics = DaemonMetrics(self.store, self.aws.counter, rules=settings.enabled_rules(),
+                                     regions=settings.regions)
+        self.scanner = Scanner(settings, registry, self.aws, self.store, on_scan=self._on_scan)
+        self.token_generated = settings.api_token is None
+        self.api_token = (settings.api_token.get_secret_value() if settings.api_token
+                          else secrets.token_urlsafe(24))
+        self._ready: set[str] = set()
+        self._ready_lock = threading.Lock()
+        self.app = create_app(self.store, self.metrics, self.api_token, settings.regions, self.ready_regions)
+        interval = settings.scan_interval.total_seconds()
+        self.scheduler = BackgroundScheduler(
+            timezone=timezone.utc,
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": int(max(interval, 1))},
+        )
+
+    def ready_regions(self) -> set[str]:
+        with self._ready_lock:
+            return set(self._ready)
+
+    def _on_scan(self, report: ScanReport) -> None:
+        self.metrics.observe(report)
+        if report.status == "ok":
+            with self._ready_lock:
+                self._ready.add(report.region)
+        log.info("scan %s: %s, %d findings, %d API calls, %.2fs", report.region, report.status,
+                 len(report.findings), sum(report.api_calls.values()), report.duration_seconds)
+
+    def start_scheduler(self) -> None:
+        """One job per region: never overlapping itself, missed runs coalesced into one, first run now."""
+        now = datetime.now(timezone.utc)
+        for region in self.settings.regions:
+            self.scheduler.add_job(self.scanner.scan, "interval", args=[region], id=f"scan:{region}",
+                                   name=f"scan {region}", seconds=self.settings.scan_interval.total_seconds(),
+                                   next_run_time=now)
+        self.scheduler.start()
+
+    def serve(self) -> None:
+        """Run the HTTP server in this thread until SIGINT/SIGTERM, then stop the scheduler."""
+        host, _, port = self.settings.listen.rpartition(":")
+        server = uvicorn.Server(uvicorn.Config(self.app, host=host.strip("[]"), port=int(port),
+                                               log_level="warning", access_log=False))
+        try:
+            server.run()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
+        self.store.close()

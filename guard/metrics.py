@@ -1,0 +1,120 @@
+"""Prometheus exposition: findings, waste and spend rendered from the store at scrape time, plus scan health.
+
+Labels are bounded (rule, region, owner, severity, instance_type, collector, service, operation) — never a
+resource id. Money is in USD; rates per hour carry ``_hourly_usd``.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from guard.aws import CallCounter
+from guard.engine import ScanReport
+from guard.store import Store
+
+SCAN_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+COLLECTORS = ("instances", "volumes", "metrics")
+
+
+class _StoreCollector(Collector):
+    """Reads the store on each scrape, so a restarted daemon exports what it knew before."""
+
+    def __init__(self, store: Store, calls: CallCounter, rules: list[str], regions: list[str]):
+        self.store = store
+        self.calls = calls
+        self.rules = rules
+        self.regions = regions
+
+    def collect(self):
+        findings = GaugeMetricFamily("guard_findings", "Open findings.", labels=["rule", "severity", "region"])
+        waste = GaugeMetricFamily("guard_waste_hourly_usd", "Waste of open findings with a known price, USD per hour.",
+                                  labels=["rule", "region", "owner"])
+        unknown = GaugeMetricFamily("guard_findings_price_unknown",
+                                    "Open findings whose resource has no price in the catalog.",
+                                    labels=["rule", "region"])
+        counts: dict[tuple[str, str, str], int] = defaultdict(int)
+        usd: dict[tuple[str, str, str], float] = defaultdict(float)
+        unpriced: dict[tuple[str, str], int] = defaultdict(int)
+        for rule in self.rules:
+            for region in self.regions:
+                unpriced[(rule, region)] = 0
+        for rule, region, owner, severity, count, hourly, price_unknown in self.store.open_summary():
+            counts[(rule, severity, region)] += count
+            usd[(rule, region, owner)] += hourly
+            unpriced[(rule, region)] += price_unknown
+        for labels, value in sorted(counts.items()):
+            findings.add_metric(list(labels), value)
+        for labels, value in sorted(usd.items()):
+            waste.add_metric(list(labels), value)
+        for labels, value in sorted(unpriced.items()):
+            unknown.add_metric(list(labels), value)
+        yield findings
+        yield waste
+        yield unknown
+        yield from self._scan_health()
+        api = CounterMetricFamily("guard_aws_api_calls", "AWS API requests sent, retries included.",
+                                  labels=["region", "service", "operation"])
+        for (region, service, operation), count in sorted(self.calls.counts().items()):
+            api.add_metric([region, service, operation], count)
+        yield api
+
+    def _scan_health(self):
+        running = GaugeMetricFamily("guard_running_hourly_usd", "What running instances cost now, USD per hour.",
+                                    labels=["region", "owner", "instance_type"])
+        instances = GaugeMetricFamily("guard_running_instances", "Running instances.",
+                                      labels=["region", "owner", "instance_type"])
+        last_success = GaugeMetricFamily("guard_last_scan_success_timestamp_seconds",
+                                         "End of the last fully successful scan (Unix time).", labels=["region"])
+        last_scan = GaugeMetricFamily("guard_last_scan_timestamp_seconds", "End of the last scan (Unix time).",
+                                      labels=["region", "status"])
+        collector_ok = GaugeMetricFamily("guard_scan_collector_success",
+                                         "Whether a collector succeeded in the last scan (1) or not (0).",
+                                         labels=["collector", "region"])
+        rule_ok = GaugeMetricFamily("guard_scan_rule_success",
+                                    "Whether a rule was evaluated in the last scan (1) or skipped/failed (0).",
+                                    labels=["rule", "region"])
+        latest_any = {scan.region: scan for scan in self.store.latest_scans()}
+        latest_ok = {scan.region: scan for scan in self.store.latest_scans(status=("ok",))}
+        latest_priced = {scan.region: scan for scan in self.store.latest_scans(status=("ok", "partial"))}
+        for region, scan in sorted(latest_ok.items()):
+            last_success.add_metric([region], scan.finished_at.timestamp())
+        for region, scan in sorted(latest_priced.items()):
+            for row in scan.running_hourly_usd:
+                labels = [region, row["owner"], row["instance_type"]]
+                running.add_metric(labels, row["usd"])
+                instances.add_metric(labels, row["count"])
+        for region, scan in sorted(latest_any.items()):
+            last_scan.add_metric([region, scan.status], scan.finished_at.timestamp())
+            failed_sources = {error["source"] for error in scan.errors}
+            for collector in COLLECTORS:
+                collector_ok.add_metric([collector, region], 0 if f"collector:{collector}" in failed_sources else 1)
+            for rule in self.rules:
+                rule_ok.add_metric([rule, region], 1 if rule in scan.rules_evaluated else 0)
+        yield from (running, instances, last_success, last_scan, collector_ok, rule_ok)
+
+
+class DaemonMetrics:
+    """The daemon's own registry (never the global one) and the scan observer that feeds it."""
+
+    def __init__(self, store: Store, calls: CallCounter, rules: list[str], regions: list[str]):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(_StoreCollector(store, calls, rules, regions))
+        self.scan_duration = Histogram("guard_scan_duration_seconds", "Wall time of one region scan.",
+                                       labelnames=["region"], buckets=SCAN_DURATION_BUCKETS, registry=self.registry)
+        self.scan_errors = Counter("guard_scan_errors", "Errors met while scanning, by source.",
+                                   labelnames=["region", "source"], registry=self.registry)
+        self.scans = Counter("guard_scans", "Scans run, by result.", labelnames=["region", "status"],
+                             registry=self.registry)
+
+    def observe(self, report: ScanReport) -> None:
+        self.scan_duration.labels(report.region).observe(report.duration_seconds)
+        self.scans.labels(report.region, report.status).inc()
+        for error in report.errors:
+            self.scan_errors.labels(report.region, error["source"]).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -229,7 +229,7 @@ def list_rules(output: str = typer.Option("table", "--format", help="table or ma
 
     table = Table("rule", "what it detects", "thresholds (defaults)", "suggested action")
     for rule_id, cls in registry.rules.items():
-        table.add_row(rule_id, rule_doc(cls)["summary"], thresholds_doc(cls), cls.suggested_action)
+        table.add_row(rule_id, rule_doc(cls)["summary"], thresholds_doc(cls, markdown=False), cls.suggested_action)
     console.print(table)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Annotated
@@ -16,6 +17,7 @@ _UNITS = {
     "w": 604800, "week": 604800, "weeks": 604800,
 }
 _PART = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]+)\s*")
+MAX_SECONDS = 10 * 365 * 86400
 DURATION_HELP = "a duration like '90s', '20 minutes', '2h' or '1h30m'"
 
 
@@ -26,12 +28,12 @@ def parse_duration(value: object) -> timedelta:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if value < 0:
             raise ValueError(f"expected {DURATION_HELP}, not a negative number")
-        return timedelta(seconds=value)
+        return _seconds(value)
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"expected {DURATION_HELP}")
     text = value.strip()
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
-        return timedelta(seconds=float(text))
+        return _seconds(float(text))
     seconds = 0.0
     position = 0
     for match in _PART.finditer(text):
@@ -44,6 +46,12 @@ def parse_duration(value: object) -> timedelta:
         position = match.end()
     if position != len(text) or position == 0:
         raise ValueError(f"expected {DURATION_HELP}")
+    return _seconds(seconds)
+
+
+def _seconds(seconds: float) -> timedelta:
+    if not math.isfinite(seconds) or seconds > MAX_SECONDS:
+        raise ValueError(f"expected {DURATION_HELP} of at most 10 years")
     return timedelta(seconds=seconds)
 
 

@@ -34,7 +34,7 @@ class Instance:
     state: str
     arch: str
     launch_time: datetime
-    tags: Tags = field(default_factory=freeze_tags)
+    tags: Tags = field(default_factory=lambda: freeze_tags(None))
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class Volume:
     size_gib: int
     state: str
     create_time: datetime
-    tags: Tags = field(default_factory=freeze_tags)
+    tags: Tags = field(default_factory=lambda: freeze_tags(None))
     attached_to: tuple[str, ...] = ()
 
 

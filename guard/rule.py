@@ -122,8 +122,9 @@ def rule_doc(cls: type[Rule]) -> dict[str, str]:
     return sections
 
 
-def thresholds_doc(cls: type[Rule]) -> str:
+def thresholds_doc(cls: type[Rule], markdown: bool = True) -> str:
     """``name`` = default for each threshold of a rule's config (all but ``enabled``)."""
-    config = cls.Config()
-    dumped = config.model_dump(mode="json")
-    return ", ".join(f"`{name}` = {dumped[name]!r}" for name in cls.Config.model_fields if name != "enabled")
+    dumped = cls.Config().model_dump(mode="json")
+    quote = "`" if markdown else ""
+    names = [name for name in cls.Config.model_fields if name != "enabled"]
+    return ", ".join(f"{quote}{name}{quote} = {dumped[name]!r}" for name in names)

@@ -195,7 +195,8 @@ def describe_error(exc: ValidationError, prefix: str = "", section: Mapping[str,
     if error["type"] == "literal_error":
         message = "expected " + message.removeprefix("Input should be ")
     elif error["type"] == "extra_forbidden":
-        return f"{key}: unknown setting; see `guard check-config` for the settings that exist ({env_name})"
+        return (f"{key} = {value!r}: unknown setting; `guard check-config` lists the settings that exist "
+                f"(set via {env_name} or guard.toml)")
     return f"{key} = {value!r}: {message} (set via {env_name} or guard.toml)"
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from guard.durations import Duration, format_duration
 from guard.model import Evaluation, Finding, Instance, MetricQuery, Severity, Snapshot
@@ -20,6 +21,20 @@ class IdleVMsConfig(RuleConfig):
     cpu_percent_max: float = Field(5.0, ge=0, le=100, description="average CPU below this is idle")
     network_mb_per_hour_max: float = Field(5.0, ge=0, description="NetworkIn+NetworkOut below this is idle")
     min_coverage: float = Field(0.8, gt=0, le=1, description="share of the window's datapoints required")
+
+    @field_validator("period")
+    @classmethod
+    def _cloudwatch_period(cls, value: timedelta) -> timedelta:
+        seconds = value.total_seconds()
+        if seconds not in (1, 5, 10, 30) and (seconds < 60 or seconds % 60):
+            raise ValueError("CloudWatch periods are 1s, 5s, 10s, 30s or a multiple of 60s, e.g. '5 minutes'")
+        return value
+
+    @model_validator(mode="after")
+    def _window_holds_a_period(self) -> IdleVMsConfig:
+        if self.window < self.period:
+            raise ValueError(f"window must be at least one period ({format_duration(self.period)})")
+        return self
 
 
 class IdleVMs(Rule):
@@ -69,7 +84,7 @@ class IdleVMs(Rule):
     def evaluate(self, snapshot: Snapshot, context: Context) -> Evaluation:
         cfg = self.config
         expected_points = max(1, int(cfg.window.total_seconds() // cfg.period.total_seconds()))
-        needed_points = max(1, round(expected_points * cfg.min_coverage))
+        needed_points = max(1, math.ceil(expected_points * cfg.min_coverage - 1e-9))
         findings, undetermined = [], set()
         for instance in snapshot.instances or ():
             if instance.state != "running" or context.is_protected(instance.tags):

@@ -1,0 +1,137 @@
+"""What a seeded sandbox account holds, and what the built-in rules must find in it with their default settings.
+
+Tests and ``guard demo`` compare the daemon's findings with ``GroundTruth.expected()``; the near misses say
+why every other seeded resource must *not* be reported, so a difference can be explained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from guard.pricing import default_catalog
+
+IDLE_VMS = "idle-vms"
+DETACHED_VOLUMES = "detached-volumes"
+UNKNOWN_OWNER = "unknown"
+
+Profile = Literal["busy", "idle", "near-miss-cpu", "near-miss-network", "protected", "stopped", "young", "no-data"]
+"""How an instance behaves: only ``idle`` is a finding; ``young`` and ``no-data`` are undetermined."""
+VolumeKind = Literal["detached", "young", "protected", "attached"]
+"""What a seeded volume is: only ``detached`` (older than a day, unprotected) is a finding."""
+
+_UNDETERMINED: frozenset[str] = frozenset({"young", "no-data"})
+"""Running instances with too few datapoints: the rule can judge neither way."""
+
+Key = tuple[str, str, str]
+"""(rule, region, resource id), as ``Finding.key``."""
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    region: str
+    instance_id: str
+    instance_type: str
+    arch: str
+    profile: Profile
+    owner: str
+    name: str | None
+    protected: bool
+    launched_at: datetime
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    region: str
+    volume_id: str
+    volume_type: str
+    size_gib: int
+    kind: VolumeKind
+    owner: str
+    name: str | None
+    created_at: datetime
+    attached_to: str | None = None
+
+
+@dataclass(frozen=True)
+class ExpectedFinding:
+    rule: str
+    region: str
+    resource_id: str
+    owner: str
+    waste_hourly_usd: float | None
+    """On-demand $/hour for an instance (None when its type is not in the catalog); storage $/hour for a volume."""
+
+    @property
+    def key(self) -> Key:
+        return (self.rule, self.region, self.resource_id)
+
+
+@dataclass(frozen=True)
+class NearMiss:
+    """A seeded resource the rule must not report, and why: the instance's profile or the volume's kind."""
+
+    rule: str
+    region: str
+    resource_id: str
+    reason: str
+
+    @property
+    def key(self) -> Key:
+        return (self.rule, self.region, self.resource_id)
+
+    @property
+    def undetermined(self) -> bool:
+        """The rule reports the resource as undetermined (too few datapoints) rather than judged."""
+        return self.rule == IDLE_VMS and self.reason in _UNDETERMINED
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    now: datetime
+    instances: tuple[InstanceSpec, ...]
+    volumes: tuple[VolumeSpec, ...]
+    findings: tuple[ExpectedFinding, ...]
+    near_misses: tuple[NearMiss, ...]
+
+    @classmethod
+    def of(cls, now: datetime, instances: tuple[InstanceSpec, ...], volumes: tuple[VolumeSpec, ...]) -> GroundTruth:
+        """Derive the expected findings and near misses from what was seeded."""
+        prices = default_catalog()
+        findings, near_misses = [], []
+        for vm in instances:
+            if vm.profile == "idle":
+                findings.append(ExpectedFinding(IDLE_VMS, vm.region, vm.instance_id, vm.owner,
+                                                prices.hourly_usd(vm.instance_type, vm.region)))
+            else:
+                near_misses.append(NearMiss(IDLE_VMS, vm.region, vm.instance_id, vm.profile))
+        for disk in volumes:
+            if disk.kind == "detached":
+                findings.append(ExpectedFinding(DETACHED_VOLUMES, disk.region, disk.volume_id, disk.owner,
+                                                prices.volume_hourly_usd(disk.volume_type, disk.size_gib,
+                                                                         disk.region)))
+            else:
+                near_misses.append(NearMiss(DETACHED_VOLUMES, disk.region, disk.volume_id, disk.kind))
+        return cls(now, instances, volumes, tuple(findings), tuple(near_misses))
+
+    @property
+    def regions(self) -> frozenset[str]:
+        return frozenset(vm.region for vm in self.instances) | frozenset(disk.region for disk in self.volumes)
+
+    @property
+    def profiles(self) -> dict[str, Profile]:
+        """Instance id → profile."""
+        return {vm.instance_id: vm.profile for vm in self.instances}
+
+    def expected(self, rule: str | None = None) -> dict[Key, ExpectedFinding]:
+        """The findings the rules must report with default settings, by key (one rule, or all)."""
+        return {f.key: f for f in self.findings if rule is None or f.rule == rule}
+
+    def undetermined(self) -> frozenset[Key]:
+        """Keys the rules must report as undetermined rather than as findings or as fine."""
+        return frozenset(miss.key for miss in self.near_misses if miss.undetermined)
+
+    def total_hourly_usd(self, rule: str | None = None) -> float:
+        """Sum of the known waste of the expected findings (unknown prices count as nothing)."""
+        return sum(f.waste_hourly_usd or 0.0 for f in self.findings if rule is None or f.rule == rule)

@@ -23,11 +23,15 @@ test: $(STAMP) deb-deps
 	$(BIN)/ruff check guard rules tests
 	$(BIN)/pytest -q
 
-# Debian packages the tests use: the real Prometheus server (and promtool).
+# Debian packages the tests use: the real Prometheus server (and promtool), and a PostgreSQL server.
+DEB_PACKAGES := prometheus postgresql
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deb-deps:
-	@command -v prometheus >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; fi; }
+	@if ! command -v prometheus >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing Debian packages: $(DEB_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \
+	fi
 
 lint: $(STAMP)
 	$(BIN)/ruff check guard rules tests

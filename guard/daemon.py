@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import signal
 import threading
 from datetime import datetime, timezone
 
@@ -69,9 +70,15 @@ class Daemon:
         host, _, port = self.settings.listen.rpartition(":")
         server = uvicorn.Server(uvicorn.Config(self.app, host=host.strip("[]"), port=int(port),
                                                log_level="warning", access_log=False))
+        # uvicorn re-raises the signal that stopped it; answering it here lets the scheduler and store close cleanly.
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             server.run()
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self.shutdown()
 
     def shutdown(self) -> None:

@@ -12,11 +12,17 @@ import os
 import urllib.request
 from functools import cache
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import boto3
+import botocore.session
+from botocore.client import BaseClient
 from botocore.config import Config
 
 from guard.sandbox.images import image_catalog_path
+
+if TYPE_CHECKING:
+    from moto.server import ThreadedMotoServer
 
 ACCESS_KEY_ID = "vmguard-sandbox"
 SECRET_ACCESS_KEY = "vmguard-sandbox-secret"
@@ -54,7 +60,11 @@ class SandboxError(RuntimeError):
 
 
 def _configure_moto() -> None:
-    """Moto's settings, read when its EC2 models are first imported: our two images, not its 1,300."""
+    """Moto's settings: our two images instead of its ~1,300, quiet request logs.
+
+    ``MOTO_AMIS_PATH`` is read when moto's EC2 models are first imported: if something imported them before
+    (a ``mock_aws`` test, say), moto keeps its own images and Graviton instances report ``x86_64``.
+    """
     os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
     os.environ["MOTO_AMIS_PATH"] = str(image_catalog_path())
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -71,10 +81,13 @@ class SandboxServer:
     """An empty emulated AWS account on a free loopback port; a context manager."""
 
     def __init__(self) -> None:
-        self._server = None
+        self._server: ThreadedMotoServer | None = None
         self._endpoint_url: str | None = None
 
     def start(self) -> SandboxServer:
+        """Serve on a free loopback port, with the account emptied."""
+        if self._server is not None:
+            raise SandboxError(f"the sandbox server is already serving {self.endpoint_url}")
         _configure_moto()
         from moto.server import ThreadedMotoServer
 
@@ -117,7 +130,10 @@ class SandboxServer:
         }
 
     def apply_env(self) -> None:
-        """Point this process at the sandbox: set ``env``, drop every other credential source and endpoint."""
+        """Point this process at the sandbox: set ``env``, drop every other credential source and endpoint.
+
+        Best called before the first request: the in-process emulator reads this environment through boto3 too.
+        """
         stray_endpoints = [name for name in os.environ if name.startswith(_SERVICE_ENDPOINT_PREFIX)]
         for name in (*_CREDENTIAL_SOURCES, *stray_endpoints):
             os.environ.pop(name, None)
@@ -147,10 +163,19 @@ def in_this_process(endpoint_url: str) -> bool:
     return endpoint_url.rstrip("/") in _serving
 
 
+_NO_PROFILE = {
+    "profile": (None, None, None, None),
+    "config_file": (None, None, os.devnull, None),
+    "credentials_file": (None, None, os.devnull, None),
+}
+"""botocore session variables read from neither the environment nor ~/.aws: no profile can leak in."""
+
+
 @cache
-def sandbox_client(endpoint_url: str, service: str, region: str):
+def sandbox_client(endpoint_url: str, service: str, region: str) -> BaseClient:
     """A boto3 client for the sandbox with the sandbox's own credentials, whatever the environment holds."""
-    session = boto3.Session(aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY,
+    session = boto3.Session(botocore_session=botocore.session.Session(session_vars=_NO_PROFILE),
+                            aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY,
                             region_name=region)
     config = Config(retries={"mode": "standard", "max_attempts": 3}, read_timeout=120)
     return session.client(service, endpoint_url=endpoint_url, config=config)

@@ -1,0 +1,36 @@
+"""A scan's AWS API calls grow with pages and metric queries / 500 — never with the number of resources."""
+
+from __future__ import annotations
+
+import math
+
+from guard.collectors import MAX_QUERIES_PER_CALL
+from guard.collectors.instances import PAGE_SIZE as INSTANCE_PAGE
+from guard.collectors.volumes import PAGE_SIZE as VOLUME_PAGE
+from guard.sandbox import SandboxServer, seed_fleet
+
+
+def test_1000_instances_and_100_volumes_cost_at_most_10_calls(sandbox: SandboxServer, make_scanner) -> None:
+    sandbox.reset()
+    seed_fleet(sandbox.endpoint_url, "us-east-1", instances=1000, volumes=100)
+    scanner = make_scanner(regions=["us-east-1"])
+    report = scanner.scan("us-east-1")
+    assert report.status == "ok", report.errors
+    instances, volumes = report.snapshot.instances, report.snapshot.volumes
+    assert len(instances) == 1000
+    assert len([v for v in volumes if v.state == "available"]) == 100
+    # AWS pages DescribeInstances by instance and DescribeVolumes by volume (the 1,000 root volumes count too);
+    # the emulator may answer in fewer pages, never in more.
+    calls = report.api_calls
+    assert set(calls) == {"sts:GetCallerIdentity", "ec2:DescribeInstances", "ec2:DescribeVolumes",
+                          "cloudwatch:GetMetricData"}
+    assert calls["sts:GetCallerIdentity"] == 1
+    assert calls["ec2:DescribeInstances"] <= math.ceil(len(instances) / INSTANCE_PAGE)
+    assert calls["ec2:DescribeVolumes"] <= math.ceil(len(volumes) / VOLUME_PAGE)
+    # 3 series per running instance (CPU, NetworkIn, NetworkOut): 3,000 queries in calls of 500.
+    assert calls["cloudwatch:GetMetricData"] == math.ceil(3 * 1000 / MAX_QUERIES_PER_CALL) == 6
+    assert sum(calls.values()) <= 10
+
+    again = scanner.scan("us-east-1")
+    assert "sts:GetCallerIdentity" not in again.api_calls  # the account id is cached
+    assert sum(again.api_calls.values()) == sum(calls.values()) - 1

@@ -1,0 +1,103 @@
+"""The `guard` command line as a user runs it: exit codes, one-line errors, JSON contract, the demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from guard.sandbox import GroundTruth, SandboxServer
+
+CONTRACT = {"rule", "resource_id", "region", "owner", "severity", "waste_hourly_usd", "evidence", "state",
+            "first_seen", "suggested_action"}
+
+
+def guard(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+          timeout: float = 120) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("GUARD_")}
+    return subprocess.run([sys.executable, "-m", "guard", *args], env=base | (env or {}), cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    ("env", "toml", "key", "value"),
+    [
+        ({"GUARD_SCAN_INTERVAL": "soon"}, None, "scan_interval", "soon"),
+        ({"GUARD_MODE": "yolo"}, None, "mode", "yolo"),
+        ({"GUARD_RULES__IDLE_VMS__WINDOW": "2 fortnights"}, None, "rules.idle-vms.window", "2 fortnights"),
+        ({"GUARD_RULES__IDLE_VM__ENABLED": "false"}, None, "rules.idle-vm", "unknown rule id"),
+        ({}, '[rules.no-such-rule]\nenabled = false\n', "rules.no-such-rule", "unknown rule id"),
+        ({}, 'scan_interval = "every now and then"\n', "scan_interval", "every now and then"),
+    ],
+)
+def test_check_config_rejects_bad_values_with_one_line(tmp_path: Path, env, toml, key, value) -> None:
+    if toml is not None:
+        (tmp_path / "guard.toml").write_text(toml)
+    result = guard("check-config", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert key in lines[0] and value in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_check_config_prints_the_effective_configuration_with_secrets_masked(tmp_path: Path) -> None:
+    result = guard("check-config", cwd=tmp_path, env={
+        "GUARD_API_TOKEN": "s3cret-token", "GUARD_REGIONS": "eu-west-1, us-east-2",
+        "GUARD_DATABASE_URL": "postgresql://guard:hunter2@db.example/guard", "GUARD_RULES__IDLE_VMS__WINDOW": "2h"})
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config["regions"] == ["eu-west-1", "us-east-2"]
+    assert config["rules"]["idle-vms"]["window"] == "2h"
+    assert "s3cret-token" not in result.stdout and "hunter2" not in result.stdout
+    assert config["api_token"] == "********"
+    assert config["mode"] == "observe"
+
+
+def test_scan_once_json_then_findings_from_the_store(team_account: GroundTruth, sandbox: SandboxServer,
+                                                     tmp_path: Path) -> None:
+    env = sandbox.env | {"GUARD_REGIONS": "us-east-1,us-west-2", "GUARD_DATABASE_URL": f"sqlite:///{tmp_path}/g.db"}
+    result = guard("scan", "--once", "--format", "json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    findings = json.loads(result.stdout)
+    assert {(f["rule"], f["region"], f["resource_id"]) for f in findings} == set(team_account.expected())
+    assert all(CONTRACT <= f.keys() for f in findings)
+    stored = guard("findings", "--format", "json", "--state", "all", env=env, cwd=tmp_path)
+    assert stored.returncode == 0, stored.stderr
+    assert json.loads(stored.stdout) == findings
+    only = guard("findings", "--format", "json", "--rule", "detached-volumes", env=env, cwd=tmp_path)
+    assert {f["rule"] for f in json.loads(only.stdout)} == {"detached-volumes"}
+    bad = guard("findings", "--rule", "nope", env=env, cwd=tmp_path)
+    assert bad.returncode == 2 and "unknown rule id" in bad.stderr
+
+
+def test_scan_without_credentials_fails_with_one_clear_line(tmp_path: Path) -> None:
+    env = {"AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+           "AWS_EC2_METADATA_DISABLED": "true",
+           "GUARD_DATABASE_URL": f"sqlite:///{tmp_path}/g.db"}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GUARD_"))}
+    result = subprocess.run([sys.executable, "-m", "guard", "scan", "--once"], env=base | env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert "no AWS credentials found" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_once_prints_the_sandbox_findings_with_dollars(tmp_path: Path) -> None:
+    result = guard("demo", "--once", "--format", "json", cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stderr
+    findings = json.loads(result.stdout)
+    assert {f["rule"] for f in findings} == {"idle-vms", "detached-volumes"}
+    assert any(f["waste_hourly_usd"] for f in findings)
+    assert "matches the sandbox's ground truth" in result.stderr
+
+
+def test_demo_once_table(tmp_path: Path) -> None:
+    result = guard("demo", "--once", cwd=tmp_path, timeout=180, env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    assert "idle-vms" in result.stdout and "detached-volumes" in result.stdout
+    assert "Total waste: $" in result.stdout and "/month" in result.stdout

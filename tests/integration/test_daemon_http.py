@@ -1,0 +1,143 @@
+"""`guard run` as a real process: the HTTP API, /metrics parsed, and a real Prometheus scraping it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from guard.sandbox import GroundTruth, SandboxServer
+
+TOKEN = "test-token-0123456789"
+REQUIRED_METRICS = {
+    "guard_findings", "guard_waste_hourly_usd", "guard_running_hourly_usd", "guard_scan_duration_seconds",
+    "guard_last_scan_success_timestamp_seconds", "guard_scan_errors", "guard_aws_api_calls",
+    "guard_findings_price_unknown", "guard_scan_collector_success", "guard_scan_rule_success",
+}
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
+            last_error = exc
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last_error})")
+
+
+@pytest.fixture
+def daemon(team_account: GroundTruth, sandbox: SandboxServer, tmp_path: Path, free_port: int) -> Iterator[str]:
+    env = os.environ | sandbox.env | {
+        "GUARD_REGIONS": "us-east-1,us-west-2",
+        "GUARD_DATABASE_URL": f"sqlite:///{tmp_path / 'guard.db'}",
+        "GUARD_LISTEN": f"127.0.0.1:{free_port}",
+        "GUARD_API_TOKEN": TOKEN,
+        "GUARD_SCAN_INTERVAL": "5s",
+    }
+    env.pop("GUARD_CONFIG", None)
+    log = (tmp_path / "guard.log").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "guard", "run"], env=env, stdout=log, stderr=log,
+                               cwd=tmp_path)
+    url = f"http://127.0.0.1:{free_port}"
+    try:
+        wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, 30, "/healthz")
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+        log.close()
+        output = (tmp_path / "guard.log").read_text()
+        assert code == 0, output
+        assert "Traceback" not in output, output
+
+
+def test_api_serves_findings_scans_and_readiness(daemon: str, team_account: GroundTruth) -> None:
+    wait_for(lambda: httpx.get(f"{daemon}/readyz").status_code == 200, 60, "/readyz")
+    assert httpx.get(f"{daemon}/v1/findings").status_code == 401
+    assert httpx.get(f"{daemon}/v1/findings", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    findings = httpx.get(f"{daemon}/v1/findings", headers=auth).json()
+    assert {(f["rule"], f["region"], f["resource_id"]) for f in findings} == set(team_account.expected())
+    for finding in findings:
+        assert {"rule", "resource_id", "region", "owner", "severity", "waste_hourly_usd", "evidence", "state",
+                "first_seen", "suggested_action"} <= finding.keys()
+        assert finding["state"] == "open" and isinstance(finding["evidence"], dict)
+    scans = httpx.get(f"{daemon}/v1/scans", headers=auth).json()
+    assert {s["region"] for s in scans if s["status"] == "ok"} == {"us-east-1", "us-west-2"}
+    assert httpx.get(f"{daemon}/v1/findings?state=bogus", headers=auth).status_code == 422
+    assert "/v1/findings" in httpx.get(f"{daemon}/openapi.json").json()["paths"]
+
+
+def test_metrics_exposition(daemon: str, team_account: GroundTruth) -> None:
+    wait_for(lambda: httpx.get(f"{daemon}/readyz").status_code == 200, 60, "/readyz")
+    text = httpx.get(f"{daemon}/metrics").text
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    assert REQUIRED_METRICS <= families.keys()
+    waste = sum(s.value for s in families["guard_waste_hourly_usd"].samples)
+    expected = sum(e.waste_hourly_usd or 0 for e in team_account.expected().values())
+    assert waste == pytest.approx(expected, rel=1e-9)
+    findings = sum(s.value for s in families["guard_findings"].samples)
+    assert findings == len(team_account.expected())
+    assert sum(s.value for s in families["guard_findings_price_unknown"].samples) == sum(
+        1 for e in team_account.expected().values() if e.waste_hourly_usd is None)
+    running = families["guard_running_hourly_usd"].samples
+    assert running and all(s.value >= 0 for s in running)
+    assert {s.labels["region"] for s in families["guard_last_scan_success_timestamp_seconds"].samples} == {
+        "us-east-1", "us-west-2"}
+    calls = {(s.labels["service"], s.labels["operation"]) for s in families["guard_aws_api_calls"].samples}
+    assert ("cloudwatch", "GetMetricData") in calls and ("ec2", "DescribeInstances") in calls
+    for family in families.values():
+        for sample in family.samples:
+            assert not any(v.startswith(("i-", "vol-")) for v in sample.labels.values()), sample
+
+
+def test_real_prometheus_scrapes_the_daemon(daemon: str, team_account: GroundTruth, tmp_path: Path) -> None:
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("the prometheus server is not installed: `make test` installs Debian's prometheus package")
+    wait_for(lambda: httpx.get(f"{daemon}/readyz").status_code == 200, 60, "/readyz")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        prom_port = sock.getsockname()[1]
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        "global:\n  scrape_interval: 1s\n"
+        "scrape_configs:\n  - job_name: vmguard\n"
+        f"    static_configs:\n      - targets: ['{daemon.removeprefix('http://')}']\n"
+    )
+    prom = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    api = f"http://127.0.0.1:{prom_port}/api/v1/query"
+    try:
+        def query(expr: str) -> list:
+            reply = httpx.get(api, params={"query": expr}).json()
+            assert reply["status"] == "success", reply
+            return reply["data"]["result"]
+
+        wait_for(lambda: query('up{job="vmguard"} == 1'), 60, "Prometheus to scrape the daemon")
+        total = wait_for(lambda: query("sum(guard_waste_hourly_usd)"), 30, "guard_waste_hourly_usd in Prometheus")
+        expected = sum(e.waste_hourly_usd or 0 for e in team_account.expected().values())
+        assert float(total[0]["value"][1]) == pytest.approx(expected, rel=1e-6)
+        by_rule = {r["metric"]["rule"]: float(r["value"][1]) for r in query("sum by (rule) (guard_findings)")}
+        assert by_rule == {rule: float(len(team_account.expected(rule))) for rule in ("idle-vms", "detached-volumes")}
+    finally:
+        prom.terminate()
+        prom.wait(timeout=30)

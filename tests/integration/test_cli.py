@@ -65,7 +65,7 @@ def test_scan_once_json_then_findings_from_the_store(team_account: GroundTruth, 
     assert result.returncode == 0, result.stderr
     findings = json.loads(result.stdout)
     assert {(f["rule"], f["region"], f["resource_id"]) for f in findings} == set(team_account.expected())
-    assert all(CONTRACT <= f.keys() for f in findings)
+    assert all(f.keys() >= CONTRACT for f in findings)
     stored = guard("findings", "--format", "json", "--state", "all", env=env, cwd=tmp_path)
     assert stored.returncode == 0, stored.stderr
     assert json.loads(stored.stdout) == findings

@@ -89,7 +89,7 @@ def demo(
     output: Format = typer.Option(Format.table, "--format", help="findings as a table or JSON"),
 ) -> None:
     """Seed an emulated team account full of waste, run the daemon on it, and show what it finds."""
-    from guard.sandbox import SandboxServer, seed_team_account
+    from guard.sandbox import LiveMetrics, SandboxServer, seed_team_account
 
     registry = _registry()
     started = time.perf_counter()
@@ -116,12 +116,14 @@ def demo(
 
         _logging(verbose=False)
         daemon = Daemon(settings, registry)
+        live = LiveMetrics(server.endpoint_url, truth).start()
         _scan_all(daemon.scanner, regions)
         _show_demo_result(daemon.store, regions, truth, output)
         err.print(f"\nserving http://{settings.listen}/metrics and /v1/findings (token: {daemon.api_token}); "
                   f"rescanning every {int(settings.scan_interval.total_seconds())}s — Ctrl-C stops")
         daemon.start_scheduler()
         daemon.serve()
+        live.stop()
     finally:
         server.stop()
 

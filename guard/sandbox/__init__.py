@@ -6,6 +6,7 @@ credentials; ``seed_team_account`` fills it with a deterministic data-science te
 """
 
 from guard.sandbox.account import Fleet, make_busy, seed_fleet, seed_team_account
+from guard.sandbox.live import LiveMetrics
 from guard.sandbox.server import SandboxError, SandboxServer, sandbox_client
 from guard.sandbox.truth import ExpectedFinding, GroundTruth, InstanceSpec, NearMiss, VolumeSpec
 
@@ -14,6 +15,7 @@ __all__ = [
     "Fleet",
     "GroundTruth",
     "InstanceSpec",
+    "LiveMetrics",
     "NearMiss",
     "SandboxError",
     "SandboxServer",

@@ -31,7 +31,7 @@ TEAMS = {
 }
 """The five people of the team (tag ``owner``) and their sub-team (tag ``team``)."""
 
-_LOADS: dict[str, metrics.Load] = {
+LOADS: dict[str, metrics.Load] = {
     "busy": metrics.BUSY,
     "idle": metrics.IDLE,
     "protected": metrics.IDLE,
@@ -197,9 +197,9 @@ def seed_team_account(endpoint_url: str, now: datetime | None = None) -> GroundT
             instances.append(InstanceSpec(launch.region, instance_id, launch.instance_type,
                                           architecture(launch.instance_type), profile,
                                           launch.owner or UNKNOWN_OWNER, launch.name, launch.protect, launched_at))
-            if profile in _LOADS:
+            if profile in LOADS:
                 stamps = metrics.timestamps(now, YOUNG_SERIES if young else metrics.SPAN)
-                series[launch.region].extend(metrics.datums(instance_id, _LOADS[profile], stamps, rng))
+                series[launch.region].extend(metrics.datums(instance_id, LOADS[profile], stamps, rng))
     for region in REGIONS:
         stopped = [vm.instance_id for vm in instances if vm.region == region and vm.profile == "stopped"]
         if stopped:

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench deb-deps clean
+.PHONY: demo test lint readme deb-deps clean
 
 $(BIN)/uv:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ deb-deps:
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \
 	fi
+
+## readme: regenerate the README's rule reference from the rules' docstrings
+readme: $(STAMP)
+	$(BIN)/python -m guard.docs README.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check guard rules tests

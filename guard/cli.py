@@ -62,7 +62,7 @@ def _settings(registry: Registry, **overrides: Any) -> Settings:
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=err, show_path=False)])
-    for noisy in ("botocore", "boto3", "urllib3", "apscheduler.executors.default", "werkzeug"):
+    for noisy in ("botocore", "boto3", "urllib3", "apscheduler", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -121,7 +121,7 @@ def demo(
         _show_demo_result(daemon.store, regions, truth, output)
         err.print(f"\nserving http://{settings.listen}/metrics and /v1/findings (token: {daemon.api_token}); "
                   f"rescanning every {int(settings.scan_interval.total_seconds())}s — Ctrl-C stops")
-        daemon.start_scheduler()
+        daemon.start_scheduler(first_scan_now=False)
         daemon.serve()
         live.stop()
     finally:

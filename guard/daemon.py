@@ -6,7 +6,7 @@ import logging
 import secrets
 import signal
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -56,13 +56,13 @@ class Daemon:
         log.info("scan %s: %s, %d findings, %d API calls, %.2fs", report.region, report.status,
                  len(report.findings), sum(report.api_calls.values()), report.duration_seconds)
 
-    def start_scheduler(self) -> None:
-        """One job per region: never overlapping itself, missed runs coalesced into one, first run now."""
-        now = datetime.now(timezone.utc)
+    def start_scheduler(self, first_scan_now: bool = True) -> None:
+        """One job per region: never overlapping itself, missed runs coalesced into one."""
+        interval = self.settings.scan_interval
+        first = datetime.now(timezone.utc) + (timedelta(0) if first_scan_now else interval)
         for region in self.settings.regions:
             self.scheduler.add_job(self.scanner.scan, "interval", args=[region], id=f"scan:{region}",
-                                   name=f"scan {region}", seconds=self.settings.scan_interval.total_seconds(),
-                                   next_run_time=now)
+                                   name=f"scan {region}", seconds=interval.total_seconds(), next_run_time=first)
         self.scheduler.start()
 
     def serve(self) -> None:

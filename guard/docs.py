@@ -43,3 +43,19 @@ def replace_rules_block(readme: str, block: str) -> str:
 def current_rules_block(readme: str) -> str:
     start, end = readme.index(BEGIN), readme.index(END) + len(END)
     return readme[start:end]
+
+
+def main(path: str = "README.md") -> None:
+    """Rewrite the README's rules block from the installed rules (``make readme``)."""
+    from pathlib import Path
+
+    from guard.rule import discover_rules
+
+    readme = Path(path)
+    readme.write_text(replace_rules_block(readme.read_text(), rules_markdown(discover_rules())))
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(*sys.argv[1:])

@@ -25,7 +25,7 @@ class FindingOut(BaseModel):
     account_id: str
     region: str
     owner: str
-    severity: Literal["low", "medium", "high"]
+    severity: Literal["info", "low", "medium", "high"]
     waste_hourly_usd: float | None
     summary: str
     evidence: dict[str, Any]

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from guard.aws import Aws
-from guard.collectors import RESOURCE_COLLECTORS, collect_metrics
+from guard.collectors import RESOURCE_COLLECTORS, collect_listings, collect_log_samples, collect_metrics
 from guard.model import Evaluation, Finding, Snapshot
 from guard.pricing import PriceCatalog, default_catalog
 from guard.rule import Context, Registry, Rule
@@ -117,23 +117,37 @@ class Scanner:
 
     def _snapshot(self, account_id: str, region: str, now: datetime, errors: list[dict[str, str]],
                   progress: Progress) -> Snapshot:
+        """Resources first, then what the rules derive from them: metric listings, series, log samples."""
         needs = set().union(*(rule.needs for rule in self.rules)) if self.rules else set()
         parts: dict[str, object] = {}
         failures: dict[str, str] = {}
-        for part in sorted(needs - {"metrics"}):
-            progress(region, f"listing {part}")
+
+        def fetch(part: str, collect) -> None:
             try:
-                parts[part] = RESOURCE_COLLECTORS[part](self.aws, region)
+                parts[part] = collect()
             except Exception as exc:
                 failures[part] = describe_aws_error(exc)
+
+        for part, collector in RESOURCE_COLLECTORS.items():
+            if part in needs:
+                progress(region, f"listing {part.replace('_', ' ')}")
+                fetch(part, lambda collector=collector: collector(self.aws, region))
+
+        def asking(part: str) -> list[Rule]:
+            """Rules that need ``part`` and whose other inputs (fetched so far) are known."""
+            snapshot = self._partial(account_id, region, now, parts)
+            return [rule for rule in self.rules if part in rule.needs and all(
+                snapshot.known(p) for p in rule.needs if p in parts or p in failures)]
+
+        if "metric_listings" in needs:
+            wanted = [pair for rule in asking("metric_listings") for pair in rule.listings]
+            progress(region, "listing available metrics")
+            fetch("metric_listings",
+                  lambda: MappingProxyType(collect_listings(self.aws, region, wanted)))
         if "metrics" in needs:
-            partial = Snapshot(account_id=account_id, region=region, taken_at=now, **parts)
-            queries = []
-            for rule in self.rules:
-                if "metrics" in rule.needs and all(partial.known(p) for p in rule.needs - {"metrics"}):
-                    queries.extend(rule.metric_queries(partial, self.context))
-            total = len(set(queries))
-            done = 0
+            partial = self._partial(account_id, region, now, parts)
+            queries = [q for rule in asking("metrics") for q in rule.metric_queries(partial, self.context)]
+            total, done = len(set(queries)), 0
 
             def advance(count: int) -> None:
                 nonlocal done
@@ -141,14 +155,20 @@ class Scanner:
                 progress(region, f"fetching metrics {done}/{total}")
 
             progress(region, f"fetching metrics 0/{total}")
-            try:
-                parts["metrics"] = MappingProxyType(collect_metrics(self.aws, region, queries, now, advance))
-            except Exception as exc:
-                failures["metrics"] = describe_aws_error(exc)
+            fetch("metrics", lambda: MappingProxyType(collect_metrics(self.aws, region, queries, now, advance)))
+        if "log_samples" in needs:
+            partial = self._partial(account_id, region, now, parts)
+            requests = [r for rule in asking("log_samples") for r in rule.log_sample_requests(partial, self.context)]
+            progress(region, f"sampling {len(set(requests))} log groups")
+            fetch("log_samples", lambda: MappingProxyType(collect_log_samples(self.aws, region, requests, now)))
         for part, error in failures.items():
             errors.append({"source": f"collector:{part}", "error": error})
         return Snapshot(account_id=account_id, region=region, taken_at=now,
                         failures=MappingProxyType(failures), **parts)
+
+    @staticmethod
+    def _partial(account_id: str, region: str, now: datetime, parts: dict[str, object]) -> Snapshot:
+        return Snapshot(account_id=account_id, region=region, taken_at=now, **parts)
 
     def _running_cost(self, snapshot: Snapshot | None) -> list[dict[str, object]]:
         if snapshot is None or snapshot.instances is None:

@@ -13,11 +13,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from guard.aws import CallCounter
+from guard.collectors import ALL_PARTS
 from guard.engine import ScanReport
 from guard.store import Store
 
 SCAN_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-COLLECTORS = ("instances", "volumes", "metrics")
 
 
 class _StoreCollector(Collector):
@@ -45,7 +45,8 @@ class _StoreCollector(Collector):
         for rule, region, owner, severity, count, hourly, price_unknown in self.store.open_summary():
             counts[(rule, severity, region)] += count
             usd[(rule, region, owner)] += hourly
-            unpriced[(rule, region)] += price_unknown
+            if severity != "info":  # informational findings are not waste: no price to know
+                unpriced[(rule, region)] += price_unknown
         for labels, value in sorted(counts.items()):
             findings.add_metric(list(labels), value)
         for labels, value in sorted(usd.items()):
@@ -90,7 +91,7 @@ class _StoreCollector(Collector):
         for region, scan in sorted(latest_any.items()):
             last_scan.add_metric([region, scan.status], scan.finished_at.timestamp())
             failed_sources = {error["source"] for error in scan.errors}
-            for collector in COLLECTORS:
+            for collector in ALL_PARTS:
                 collector_ok.add_metric([collector, region], 0 if f"collector:{collector}" in failed_sources else 1)
             for rule in self.rules:
                 rule_ok.add_metric([rule, region], 1 if rule in scan.rules_evaluated else 0)

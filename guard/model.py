@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
@@ -22,6 +22,8 @@ def freeze_tags(tags: Mapping[str, str] | list[dict[str, str]] | None) -> Tags:
 
 
 class Severity(str, enum.Enum):
+    info = "info"
+    """Not waste: something the team should know (e.g. a bucket whose requests cannot be measured)."""
     low = "low"
     medium = "medium"
     high = "high"
@@ -35,6 +37,9 @@ class Instance:
     arch: str
     launch_time: datetime
     tags: Tags = field(default_factory=lambda: freeze_tags(None))
+    volume_ids: tuple[str, ...] = ()
+    stopped_since: datetime | None = None
+    """When a stopped instance was stopped (from AWS's StateTransitionReason), if known."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,93 @@ class Volume:
     create_time: datetime
     tags: Tags = field(default_factory=lambda: freeze_tags(None))
     attached_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Address:
+    """An Elastic IP."""
+
+    allocation_id: str
+    public_ip: str
+    association_id: str | None
+    instance_id: str | None
+    network_interface_id: str | None
+    tags: Tags = field(default_factory=lambda: freeze_tags(None))
+
+
+@dataclass(frozen=True)
+class NatGateway:
+    id: str
+    state: str
+    create_time: datetime
+    vpc_id: str
+    subnet_id: str
+    connectivity_type: str = "public"
+    tags: Tags = field(default_factory=lambda: freeze_tags(None))
+
+
+@dataclass(frozen=True)
+class EbsSnapshot:
+    """An EBS snapshot owned by the scanned account."""
+
+    id: str
+    volume_id: str | None
+    size_gib: int
+    start_time: datetime
+    state: str
+    description: str = ""
+    tags: Tags = field(default_factory=lambda: freeze_tags(None))
+
+
+@dataclass(frozen=True)
+class Image:
+    """An AMI owned by the scanned account, with the snapshots behind it."""
+
+    id: str
+    name: str
+    state: str
+    snapshot_ids: tuple[str, ...] = ()
+    tags: Tags = field(default_factory=lambda: freeze_tags(None))
+
+
+@dataclass(frozen=True)
+class LogGroup:
+    name: str
+    arn: str
+    stored_bytes: int
+    retention_days: int | None
+    creation_time: datetime
+    tags: Tags = field(default_factory=lambda: freeze_tags(None))
+
+
+@dataclass(frozen=True)
+class Bucket:
+    name: str
+    creation_date: datetime
+    tags: Tags = field(default_factory=lambda: freeze_tags(None))
+
+
+@dataclass(frozen=True)
+class LogSampleRequest:
+    """A bounded read of a log group's recent events, asked for by a rule after the metrics are in."""
+
+    log_group: str
+    window_seconds: int
+    max_events: int
+    max_bytes: int
+    max_stream_pages: int
+
+
+@dataclass(frozen=True)
+class LogSample:
+    """What a bounded read of a log group returned: the messages, and how many streams wrote in the window."""
+
+    log_group: str
+    messages: tuple[str, ...]
+    bytes_read: int
+    truncated: bool
+    active_streams: int
+    active_streams_capped: bool
 
 
 @dataclass(frozen=True)
@@ -84,7 +176,16 @@ class Snapshot:
     taken_at: datetime
     instances: tuple[Instance, ...] | None = None
     volumes: tuple[Volume, ...] | None = None
+    addresses: tuple[Address, ...] | None = None
+    nat_gateways: tuple[NatGateway, ...] | None = None
+    snapshots: tuple[EbsSnapshot, ...] | None = None
+    images: tuple[Image, ...] | None = None
+    log_groups: tuple[LogGroup, ...] | None = None
+    buckets: tuple[Bucket, ...] | None = None
+    metric_listings: Mapping[tuple[str, str], tuple[tuple[tuple[str, str], ...], ...]] | None = None
+    """(namespace, metric) → the dimension sets CloudWatch has recent data for (ListMetrics)."""
     metrics: Mapping[MetricQuery, Series] | None = None
+    log_samples: Mapping[str, LogSample] | None = None
     failures: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def known(self, part: str) -> bool:
@@ -95,6 +196,10 @@ class Snapshot:
         if self.metrics is None:
             raise LookupError("metrics are unknown for this snapshot")
         return self.metrics.get(query, Series())
+
+
+SNAPSHOT_PARTS = frozenset(f.name for f in fields(Snapshot)) - {"account_id", "region", "taken_at", "failures"}
+"""The parts of a snapshot a rule can declare it needs."""
 
 
 @dataclass(frozen=True)

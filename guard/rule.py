@@ -18,13 +18,12 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from guard.model import Evaluation, MetricQuery, Snapshot, Tags
+from guard.model import SNAPSHOT_PARTS, Evaluation, LogSampleRequest, MetricQuery, Snapshot, Tags
 from guard.pricing import PriceCatalog
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "guard.rules"
-SNAPSHOT_PARTS = frozenset({"instances", "volumes", "metrics"})
 
 
 class RuleConfig(BaseModel):
@@ -63,12 +62,18 @@ class Rule:
     suggested_action: ClassVar[str]
     iam_permissions: ClassVar[tuple[str, ...]]
     Config: ClassVar[type[RuleConfig]] = RuleConfig
+    listings: ClassVar[tuple[tuple[str, str], ...]] = ()
+    """(namespace, metric) pairs whose available dimension sets the rule needs (part ``metric_listings``)."""
 
     def __init__(self, config: RuleConfig | None = None):
         self.config = config if config is not None else self.Config()
 
     def metric_queries(self, snapshot: Snapshot, context: Context) -> Iterable[MetricQuery]:
-        """The CloudWatch series this rule needs, given the resources already in the snapshot."""
+        """The CloudWatch series this rule needs, given the resources (and listings) already in the snapshot."""
+        return ()
+
+    def log_sample_requests(self, snapshot: Snapshot, context: Context) -> Iterable[LogSampleRequest]:
+        """The log groups whose recent events this rule needs, given the resources and metrics."""
         return ()
 
     def evaluate(self, snapshot: Snapshot, context: Context) -> Evaluation:

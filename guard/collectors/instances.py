@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone
+
 from guard.aws import Aws
 from guard.model import Instance, freeze_tags
 
 PAGE_SIZE = 1000
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
+_TRANSITION_TIME = re.compile(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)")
+
+
+def stopped_since(reason: str | None) -> datetime | None:
+    """The time in AWS's StateTransitionReason, e.g. 'User initiated (2024-05-01 12:00:00 GMT)'."""
+    match = _TRANSITION_TIME.search(reason or "")
+    if not match:
+        return None
+    return datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
 
 
 def collect_instances(aws: Aws, region: str) -> tuple[Instance, ...]:
@@ -27,6 +39,10 @@ def collect_instances(aws: Aws, region: str) -> tuple[Instance, ...]:
                         arch=raw.get("Architecture", "unknown"),
                         launch_time=raw["LaunchTime"],
                         tags=freeze_tags(raw.get("Tags")),
+                        volume_ids=tuple(m["Ebs"]["VolumeId"] for m in raw.get("BlockDeviceMappings", [])
+                                         if m.get("Ebs", {}).get("VolumeId")),
+                        stopped_since=(stopped_since(raw.get("StateTransitionReason"))
+                                       if raw["State"]["Name"] == "stopped" else None),
                     )
                 )
     return tuple(instances)

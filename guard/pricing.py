@@ -28,6 +28,21 @@ EBS_USD_PER_GB_MONTH = {
 
 EBS_PRICE_BASIS = "us-east-1 list price per GB-month"
 
+# Other list prices (USD, us-east-1), used for every region: the catalog has no per-region prices for them.
+SNAPSHOT_USD_PER_GB_MONTH = 0.05
+PUBLIC_IPV4_USD_PER_HOUR = 0.005
+"""An Elastic IP / public IPv4 address, attached or not (since 2024-02-01)."""
+NAT_GATEWAY_USD_PER_HOUR = 0.045
+NAT_GATEWAY_USD_PER_GB = 0.045
+LOGS_INGEST_USD_PER_GB = 0.50
+LOGS_STORAGE_USD_PER_GB_MONTH = 0.03
+S3_TIER1_USD_PER_1000 = 0.005
+"""S3 Standard PUT, COPY, POST and LIST requests."""
+S3_TIER2_USD_PER_1000 = 0.0004
+"""S3 Standard GET, SELECT, HEAD and other read requests."""
+GB = 1_000_000_000
+"""AWS bills data in decimal GB (10^9 bytes) for CloudWatch Logs and NAT processing."""
+
 
 @dataclass(frozen=True)
 class InstanceTypeInfo:

@@ -8,7 +8,15 @@ credentials; ``seed_team_account`` fills it with a deterministic data-science te
 from guard.sandbox.account import Fleet, make_busy, seed_fleet, seed_team_account
 from guard.sandbox.live import LiveMetrics
 from guard.sandbox.server import SandboxError, SandboxServer, sandbox_client
-from guard.sandbox.truth import ExpectedFinding, GroundTruth, InstanceSpec, NearMiss, VolumeSpec
+from guard.sandbox.truth import (
+    ExpectedFinding,
+    GroundTruth,
+    InstanceSpec,
+    NearMiss,
+    SeedContext,
+    Seeded,
+    VolumeSpec,
+)
 
 __all__ = [
     "ExpectedFinding",
@@ -19,6 +27,8 @@ __all__ = [
     "NearMiss",
     "SandboxError",
     "SandboxServer",
+    "SeedContext",
+    "Seeded",
     "VolumeSpec",
     "make_busy",
     "sandbox_client",

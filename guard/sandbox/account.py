@@ -7,8 +7,11 @@ and moto's own id generator seeded too, so a fresh emulator gets the same ids ev
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import random
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -16,9 +19,20 @@ from guard.sandbox import metrics
 from guard.sandbox.backdate import backdate
 from guard.sandbox.images import architecture, image_for
 from guard.sandbox.server import SandboxError, in_this_process, moto_api, sandbox_client
-from guard.sandbox.truth import UNKNOWN_OWNER, GroundTruth, InstanceSpec, Profile, VolumeKind, VolumeSpec
+from guard.sandbox.truth import (
+    UNKNOWN_OWNER,
+    GroundTruth,
+    InstanceSpec,
+    Profile,
+    SeedContext,
+    Seeded,
+    VolumeKind,
+    VolumeSpec,
+)
 
 SEED = 20240601
+ACCOUNT_ID = "123456789012"
+"""The emulator's default account, the one the sandbox's credentials land in."""
 PROTECT_TAG = {"Key": "guard:protect", "Value": "true"}
 REGIONS = ("us-east-1", "us-west-2")
 
@@ -209,7 +223,15 @@ def seed_team_account(endpoint_url: str, now: datetime | None = None) -> GroundT
         metrics.put(endpoint_url, region, series[region])
         backdate(endpoint_url, region, instances=launched[region],
                  volumes={v.volume_id: v.created_at for v in volumes if v.region == region})
-    return GroundTruth.of(now, tuple(instances), volumes)
+    context = SeedContext(endpoint_url, now, ACCOUNT_ID, tuple(instances), volumes)
+    return GroundTruth.of(now, tuple(instances), volumes, extra=[seed(context) for seed in _seeders()])
+
+
+def _seeders() -> list[Callable[[SeedContext], Seeded]]:
+    """The ``seed`` function of every ``guard/sandbox/seed_*.py`` module, in name order (ids stay deterministic)."""
+    package = importlib.import_module("guard.sandbox")
+    names = sorted(m.name for m in pkgutil.iter_modules(package.__path__) if m.name.startswith("seed_"))
+    return [importlib.import_module(f"guard.sandbox.{name}").seed for name in names]
 
 
 def _seed_disks(endpoint_url: str, now: datetime, rng: random.Random,

@@ -6,6 +6,7 @@ why every other seeded resource must *not* be reported, so a difference can be e
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -88,6 +89,25 @@ class NearMiss:
 
 
 @dataclass(frozen=True)
+class SeedContext:
+    """What a seeder module (``guard/sandbox/seed_*.py``) gets: the emulator, the clock, the base account."""
+
+    endpoint_url: str
+    now: datetime
+    account_id: str
+    instances: tuple[InstanceSpec, ...]
+    volumes: tuple[VolumeSpec, ...]
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """What one seeder adds to the ground truth."""
+
+    findings: tuple[ExpectedFinding, ...] = ()
+    near_misses: tuple[NearMiss, ...] = ()
+
+
+@dataclass(frozen=True)
 class GroundTruth:
     now: datetime
     instances: tuple[InstanceSpec, ...]
@@ -96,10 +116,15 @@ class GroundTruth:
     near_misses: tuple[NearMiss, ...]
 
     @classmethod
-    def of(cls, now: datetime, instances: tuple[InstanceSpec, ...], volumes: tuple[VolumeSpec, ...]) -> GroundTruth:
-        """Derive the expected findings and near misses from what was seeded."""
+    def of(cls, now: datetime, instances: tuple[InstanceSpec, ...], volumes: tuple[VolumeSpec, ...],
+           extra: Iterable[Seeded] = ()) -> GroundTruth:
+        """Derive the expected findings and near misses from what was seeded (plus the other seeders' own)."""
         prices = default_catalog()
-        findings, near_misses = [], []
+        findings: list[ExpectedFinding] = []
+        near_misses: list[NearMiss] = []
+        for seeded in extra:
+            findings.extend(seeded.findings)
+            near_misses.extend(seeded.near_misses)
         for vm in instances:
             if vm.profile == "idle":
                 findings.append(ExpectedFinding(IDLE_VMS, vm.region, vm.instance_id, vm.owner,

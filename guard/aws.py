@@ -15,8 +15,8 @@ from botocore.config import Config
 
 RETRY_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 5},
-    connect_timeout=10,
-    read_timeout=60,
+    connect_timeout=5,
+    read_timeout=20,
     max_pool_connections=20,
 )
 

@@ -14,6 +14,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from guard.aws import Aws
 from guard.docs import rules_markdown
@@ -21,7 +22,7 @@ from guard.engine import Scanner, ScanReport
 from guard.render import findings_json, print_findings
 from guard.rule import Registry, discover_rules, rule_doc, thresholds_doc
 from guard.settings import ConfigError, Settings, load_settings
-from guard.store import Store
+from guard.store import Store, StoreError, scope_of
 
 app = typer.Typer(help="vmguard: find and price the waste in an AWS account.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False, add_completion=False)
@@ -41,15 +42,23 @@ class State(str, Enum):
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[red]guard: error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]guard: error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
 def _registry() -> Registry:
     registry = discover_rules()
     for name, error in registry.errors.items():
-        err.print(f"[yellow]guard: warning:[/yellow] rule plugin {name!r} not loaded: {error}", soft_wrap=True)
+        err.print(f"[yellow]guard: warning:[/yellow] rule plugin {escape(repr(name))} not loaded: {escape(error)}",
+                  soft_wrap=True, highlight=False)
     return registry
+
+
+def _store(settings: Settings) -> Store:
+    try:
+        return Store(settings.database_url, scope_of(settings))
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _settings(registry: Registry, **overrides: Any) -> Settings:
@@ -74,7 +83,8 @@ def _scan_all(scanner: Scanner, regions: list[str]) -> list[ScanReport]:
             reports.append(scanner.scan(region, progress=lambda r, text: status.update(f"{r}: {text}")))
     for report in reports:
         for error in report.errors:
-            err.print(f"[yellow]{report.region}: {error['source']}: {error['error']}[/yellow]", soft_wrap=True)
+            err.print(f"[yellow]{report.region}: {escape(error['source'])}: {escape(error['error'])}[/yellow]",
+                      soft_wrap=True, highlight=False)
     return reports
 
 
@@ -89,7 +99,10 @@ def demo(
     output: Format = typer.Option(Format.table, "--format", help="findings as a table or JSON"),
 ) -> None:
     """Seed an emulated team account full of waste, run the daemon on it, and show what it finds."""
-    from guard.sandbox import LiveMetrics, SandboxServer, seed_team_account
+    try:
+        from guard.sandbox import LiveMetrics, SandboxServer, seed_team_account
+    except ModuleNotFoundError as exc:
+        raise _fail(f"guard demo needs the emulator ({exc.name}): pip install 'vmguard[sandbox]'") from None
 
     registry = _registry()
     started = time.perf_counter()
@@ -109,13 +122,17 @@ def demo(
               f"({', '.join(regions)})")
     try:
         if once:
-            store = Store(settings.database_url)
+            store = _store(settings)
             _scan_all(Scanner(settings, registry, Aws(), store), regions)
             raise typer.Exit(_show_demo_result(store, regions, truth, output))
         from guard.daemon import Daemon
 
         _logging(verbose=False)
-        daemon = Daemon(settings, registry)
+        try:
+            daemon = Daemon(settings, registry)
+            daemon.check_listen()
+        except (StoreError, ConfigError) as exc:
+            raise _fail(str(exc)) from None
         live = LiveMetrics(server.endpoint_url, truth).start()
         _scan_all(daemon.scanner, regions)
         _show_demo_result(daemon.store, regions, truth, output)
@@ -158,7 +175,11 @@ def run(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug loggi
     registry = _registry()
     settings = _settings(registry)
     _logging(verbose)
-    daemon = Daemon(settings, registry)
+    try:
+        daemon = Daemon(settings, registry)
+        daemon.check_listen()
+    except (StoreError, ConfigError) as exc:
+        raise _fail(str(exc)) from None
     if daemon.token_generated:
         err.print(f"GUARD_API_TOKEN is not set; this run's API token is {daemon.api_token}")
     err.print(f"vmguard {settings.mode} mode: scanning {', '.join(settings.regions)} every "
@@ -176,7 +197,7 @@ def scan(
     """Scan the configured regions in the foreground and print the open findings."""
     registry = _registry()
     settings = _settings(registry, **({"regions": region} if region else {}))
-    store = Store(settings.database_url)
+    store = _store(settings)
     scanner = Scanner(settings, registry, Aws(), store)
     while True:
         reports = _scan_all(scanner, settings.regions)
@@ -202,7 +223,7 @@ def findings(
     settings = _settings(registry)
     if rule and rule not in registry.rules:
         raise _fail(f"--rule {rule!r}: unknown rule id; known rules: {', '.join(registry.rules)}")
-    rows = [r.as_dict() for r in Store(settings.database_url).findings(state=state.value, rule=rule, region=region)]
+    rows = [r.as_dict() for r in _store(settings).findings(state=state.value, rule=rule, region=region)]
     if output is Format.json:
         print(findings_json(rows))
     else:
@@ -216,6 +237,20 @@ def check_config() -> None:
     settings = _settings(registry)
     console.print_json(json.dumps(settings.masked())) if console.is_terminal else print(
         json.dumps(settings.masked(), indent=2))
+
+
+class Mode(str, Enum):
+    observe = "observe"
+
+
+@app.command("iam-policy")
+def iam_policy(mode: Mode = typer.Option(Mode.observe, "--mode", help="the daemon mode the policy is for")) -> None:
+    """Print the least-privilege IAM policy for the enabled rules."""
+    from guard.iam import observe_policy, render
+
+    registry = _registry()
+    settings = _settings(registry)
+    print(render(observe_policy(registry.rules[rule_id] for rule_id in settings.enabled_rules())))
 
 
 @app.command("rules")

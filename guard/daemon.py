@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import secrets
 import signal
+import socket
 import threading
 from datetime import datetime, timedelta, timezone
 
@@ -16,8 +17,8 @@ from guard.aws import Aws
 from guard.engine import Scanner, ScanReport
 from guard.metrics import DaemonMetrics
 from guard.rule import Registry
-from guard.settings import Settings
-from guard.store import Store
+from guard.settings import ConfigError, Settings
+from guard.store import Store, scope_of
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class Daemon:
 
     def __init__(self, settings: Settings, registry: Registry, aws: Aws | None = None):
         self.settings = settings
-        self.store = Store(settings.database_url)
+        self.store = Store(settings.database_url, scope_of(settings))
         self.aws = aws or Aws()
         self.metrics = DaemonMetrics(self.store, self.aws.counter, rules=settings.enabled_rules(),
                                      regions=settings.regions)
@@ -55,6 +56,8 @@ class Daemon:
                 self._ready.add(report.region)
         log.info("scan %s: %s, %d findings, %d API calls, %.2fs", report.region, report.status,
                  len(report.findings), sum(report.api_calls.values()), report.duration_seconds)
+        for error in report.errors:
+            log.warning("scan %s: %s: %s", report.region, error["source"], error["error"])
 
     def start_scheduler(self, first_scan_now: bool = True) -> None:
         """One job per region: never overlapping itself, missed runs coalesced into one."""
@@ -65,10 +68,24 @@ class Daemon:
                                    name=f"scan {region}", seconds=interval.total_seconds(), next_run_time=first)
         self.scheduler.start()
 
+    def check_listen(self) -> None:
+        """Fail now, with one line, if the listen address cannot be bound (rather than after the first scan)."""
+        host, port = self._host_port()
+        try:
+            with socket.create_server((host, port), reuse_port=False):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"listen = {self.settings.listen!r}: cannot listen there: {exc.strerror or exc}; "
+                              "pick a free host:port (GUARD_LISTEN)") from None
+
+    def _host_port(self) -> tuple[str, int]:
+        host, _, port = self.settings.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
     def serve(self) -> None:
         """Run the HTTP server in this thread until SIGINT/SIGTERM, then stop the scheduler."""
-        host, _, port = self.settings.listen.rpartition(":")
-        server = uvicorn.Server(uvicorn.Config(self.app, host=host.strip("[]"), port=int(port),
+        host, port = self._host_port()
+        server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port,
                                                log_level="warning", access_log=False))
         # uvicorn re-raises the signal that stopped it; answering it here lets the scheduler and store close cleanly.
         previous = {}

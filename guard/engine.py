@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from guard.aws import Aws
 from guard.collectors import RESOURCE_COLLECTORS, collect_listings, collect_log_samples, collect_metrics
-from guard.model import Evaluation, Finding, Snapshot
+from guard.model import SNAPSHOT_PARTS, Evaluation, Finding, MetricQuery, Series, Snapshot
 from guard.pricing import PriceCatalog, default_catalog
 from guard.rule import Context, Registry, Rule
 from guard.settings import Settings
@@ -73,6 +73,7 @@ class Scanner:
         self.store = store
         self.prices = prices or default_catalog()
         self.on_scan = on_scan
+        self._metric_cache: dict[str, tuple[datetime, dict[MetricQuery, Series]]] = {}
         self.rules: list[Rule] = [
             registry.rules[rule_id](settings.rule_configs[rule_id]) for rule_id in settings.enabled_rules()
         ]
@@ -155,7 +156,7 @@ class Scanner:
                 progress(region, f"fetching metrics {done}/{total}")
 
             progress(region, f"fetching metrics 0/{total}")
-            fetch("metrics", lambda: MappingProxyType(collect_metrics(self.aws, region, queries, now, advance)))
+            fetch("metrics", lambda: MappingProxyType(self._metrics(region, queries, now, advance)))
         if "log_samples" in needs:
             partial = self._partial(account_id, region, now, parts)
             requests = [r for rule in asking("log_samples") for r in rule.log_sample_requests(partial, self.context)]
@@ -166,13 +167,30 @@ class Scanner:
         return Snapshot(account_id=account_id, region=region, taken_at=now,
                         failures=MappingProxyType(failures), **parts)
 
+    def _metrics(self, region: str, queries: list[MetricQuery], now: datetime,
+                 advance: Callable[[int], None]) -> dict[MetricQuery, Series]:
+        """Series for the queries, fetched again only every ``metrics_refresh`` (GetMetricData bills per metric).
+
+        Between refreshes only queries not seen before (a new instance, say) are fetched.
+        """
+        wanted = set(queries)
+        cached_at, cache = self._metric_cache.get(region, (None, {}))
+        if cached_at is None or now - cached_at >= self.settings.metrics_refresh:
+            cached_at, cache = now, {}
+        missing = [q for q in dict.fromkeys(queries) if q not in cache]
+        if missing:
+            cache = cache | collect_metrics(self.aws, region, missing, now, advance)
+        self._metric_cache[region] = (cached_at, {q: s for q, s in cache.items() if q in wanted})
+        return {q: cache[q] for q in wanted}
+
     @staticmethod
     def _partial(account_id: str, region: str, now: datetime, parts: dict[str, object]) -> Snapshot:
         return Snapshot(account_id=account_id, region=region, taken_at=now, **parts)
 
-    def _running_cost(self, snapshot: Snapshot | None) -> list[dict[str, object]]:
+    def _running_cost(self, snapshot: Snapshot | None) -> list[dict[str, object]] | None:
+        """Running instances by (owner, type) with their $/hour; None when the instances are unknown."""
         if snapshot is None or snapshot.instances is None:
-            return []
+            return None
         groups: dict[tuple[str, str], list[float | None]] = defaultdict(list)
         for instance in snapshot.instances:
             if instance.state == "running":
@@ -185,6 +203,13 @@ class Scanner:
              "price_unknown": sum(1 for p in prices if p is None)}
             for (owner, instance_type), prices in sorted(groups.items())
         ]
+
+    @staticmethod
+    def _collectors(snapshot: Snapshot | None) -> dict[str, bool]:
+        if snapshot is None:
+            return {}
+        ran = {part for part in SNAPSHOT_PARTS if snapshot.known(part)} | set(snapshot.failures)
+        return {part: part not in snapshot.failures for part in sorted(ran)}
 
     def _finish(self, region: str, account_id: str, started: datetime, clock: float,
                 calls_before: dict[str, int], errors: list[dict[str, str]], evaluations: dict[str, Evaluation],
@@ -204,10 +229,8 @@ class Scanner:
             finished_at=datetime.now(timezone.utc), status=status, api_calls=sum(api_calls.values()),
             api_calls_by_operation=api_calls, errors=errors, rules_evaluated=sorted(evaluations),
             rules_skipped=sorted(skipped), findings_open=findings_open,
-            running_hourly_usd=self._running_cost(snapshot),
+            running_hourly_usd=self._running_cost(snapshot), collectors=self._collectors(snapshot),
         )
-        for error in errors:
-            log.warning("scan %s: %s: %s", region, error["source"], error["error"])
         report = ScanReport(region=region, account_id=account_id, status=status, started_at=started,
                             duration_seconds=duration, api_calls=api_calls, errors=errors,
                             evaluations=evaluations, skipped=skipped, snapshot=snapshot)

@@ -13,7 +13,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from guard.aws import CallCounter
-from guard.collectors import ALL_PARTS
 from guard.engine import ScanReport
 from guard.store import Store
 
@@ -53,9 +52,18 @@ class _StoreCollector(Collector):
             waste.add_metric(list(labels), value)
         for labels, value in sorted(unpriced.items()):
             unknown.add_metric(list(labels), value)
+        unique = GaugeMetricFamily("guard_waste_unique_hourly_usd",
+                                   "Waste of open findings, each resource counted once across rules, USD per hour.",
+                                   labels=["region", "owner"])
+        per_owner: dict[tuple[str, str], float] = defaultdict(float)
+        for region, owner, _resource, hourly in self.store.open_resource_waste():
+            per_owner[(region, owner)] += hourly
+        for labels, value in sorted(per_owner.items()):
+            unique.add_metric(list(labels), value)
         yield findings
         yield waste
         yield unknown
+        yield unique
         yield from self._scan_health()
         api = CounterMetricFamily("guard_aws_api_calls", "AWS API requests sent, retries included.",
                                   labels=["region", "service", "operation"])
@@ -78,24 +86,29 @@ class _StoreCollector(Collector):
         rule_ok = GaugeMetricFamily("guard_scan_rule_success",
                                     "Whether a rule was evaluated in the last scan (1) or skipped/failed (0).",
                                     labels=["rule", "region"])
+        running_unpriced = GaugeMetricFamily("guard_running_price_unknown_instances",
+                                             "Running instances whose type has no price in the catalog.",
+                                             labels=["region", "owner", "instance_type"])
         latest_any = {scan.region: scan for scan in self.store.latest_scans()}
         latest_ok = {scan.region: scan for scan in self.store.latest_scans(status=("ok",))}
-        latest_priced = {scan.region: scan for scan in self.store.latest_scans(status=("ok", "partial"))}
+        latest_inventory = {scan.region: scan for scan in self.store.latest_scans(with_running_cost=True)}
         for region, scan in sorted(latest_ok.items()):
             last_success.add_metric([region], scan.finished_at.timestamp())
-        for region, scan in sorted(latest_priced.items()):
+        for region, scan in sorted(latest_inventory.items()):
             for row in scan.running_hourly_usd:
                 labels = [region, row["owner"], row["instance_type"]]
-                running.add_metric(labels, row["usd"])
                 instances.add_metric(labels, row["count"])
+                if row["price_unknown"]:
+                    running_unpriced.add_metric(labels, row["price_unknown"])
+                if row["price_unknown"] < row["count"]:
+                    running.add_metric(labels, row["usd"])
         for region, scan in sorted(latest_any.items()):
             last_scan.add_metric([region, scan.status], scan.finished_at.timestamp())
-            failed_sources = {error["source"] for error in scan.errors}
-            for collector in ALL_PARTS:
-                collector_ok.add_metric([collector, region], 0 if f"collector:{collector}" in failed_sources else 1)
+            for collector, succeeded in sorted((scan.collectors or {}).items()):
+                collector_ok.add_metric([collector, region], 1 if succeeded else 0)
             for rule in self.rules:
                 rule_ok.add_metric([rule, region], 1 if rule in scan.rules_evaluated else 0)
-        yield from (running, instances, last_success, last_scan, collector_ok, rule_ok)
+        yield from (running, instances, running_unpriced, last_success, last_scan, collector_ok, rule_ok)
 
 
 class DaemonMetrics:

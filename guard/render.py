@@ -12,7 +12,17 @@ from rich.table import Table
 
 from guard.pricing import HOURS_PER_MONTH
 
-SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "dim"}
+SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "dim", "info": "cyan"}
+
+
+def unique_waste_hourly_usd(findings: Iterable[dict[str, Any]]) -> float:
+    """Total known waste, counting each resource once (at its largest figure) when several rules report it."""
+    largest: dict[tuple[str, str], float] = {}
+    for finding in findings:
+        if finding["waste_hourly_usd"] is not None:
+            key = (finding["region"], finding["resource_id"])
+            largest[key] = max(largest.get(key, 0.0), finding["waste_hourly_usd"])
+    return sum(largest.values())
 
 
 def findings_json(findings: Iterable[dict[str, Any]]) -> str:
@@ -20,7 +30,7 @@ def findings_json(findings: Iterable[dict[str, Any]]) -> str:
 
 
 def _money(value: float | None, digits: int = 3) -> str:
-    return "price unknown" if value is None else f"${value:,.{digits}f}"
+    return "unknown" if value is None else f"${value:,.{digits}f}"
 
 
 def print_findings(console: Console, findings: list[dict[str, Any]], title: str = "Findings") -> None:
@@ -28,10 +38,10 @@ def print_findings(console: Console, findings: list[dict[str, Any]], title: str 
     if not findings:
         console.print(f"[green]{title}: nothing found.[/green]")
         return
+    total = unique_waste_hourly_usd(findings)
     by_rule: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for finding in findings:
         by_rule[finding["rule"]].append(finding)
-    total = 0.0
     unknown = 0
     for rule, rows in sorted(by_rule.items()):
         table = Table(title=f"{rule} — {len(rows)} finding{'s' if len(rows) != 1 else ''}", title_justify="left",
@@ -46,15 +56,18 @@ def print_findings(console: Console, findings: list[dict[str, Any]], title: str 
         table.add_column("why")
         for row in sorted(rows, key=lambda r: (-(r["waste_hourly_usd"] or 0), r["region"], r["resource_id"])):
             hourly = row["waste_hourly_usd"]
+            if row["severity"] == "info":
+                per_hour = per_month = "—"
+            else:
+                per_hour = _money(hourly)
+                per_month = _money(hourly * HOURS_PER_MONTH if hourly is not None else None, 2)
             table.add_row(row["region"], row["resource_id"], row["owner"],
                           f"[{SEVERITY_STYLE.get(row['severity'], '')}]{row['severity']}[/]",
-                          _money(hourly), _money(hourly * HOURS_PER_MONTH if hourly is not None else None, 2),
-                          row["summary"])
-            unknown += hourly is None
-        total += subtotal
+                          per_hour, per_month, row["summary"])
+            unknown += hourly is None and row["severity"] != "info"
         console.print(table)
     line = (f"[bold]Total waste: {_money(total)}/hour, {_money(total * HOURS_PER_MONTH, 2)}/month[/bold] "
-            f"across {len(findings)} findings")
+            f"across {len(findings)} findings (a resource found by two rules counts once)")
     if unknown:
         line += f" ({unknown} with price unknown, not counted)"
     console.print(line)

@@ -6,6 +6,7 @@ Precedence: explicit arguments > environment > TOML file (``GUARD_CONFIG``, else
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -60,6 +61,9 @@ class Settings(BaseSettings):
     mode: Mode = Field("observe", description="observe (no mutating AWS call), dry-run, or enforce")
     database_url: str = Field("sqlite:///guard.db", description="SQLAlchemy URL: sqlite:///path or postgresql://…")
     listen: str = Field("127.0.0.1:9464", description="host:port of the HTTP server (/metrics, /v1/…)")
+    metrics_refresh: Duration = Field(timedelta(minutes=5), description=(
+        "how often CloudWatch series are fetched again (GetMetricData bills $0.01 per 1,000 metrics); "
+        "scans in between reuse them"))
     api_token: SecretStr | None = Field(None, description="bearer token for /v1/…; a random one is made if unset")
     owner_tag: str = Field("owner", description="tag whose value names a resource's owner")
     protect_tag: str = Field("guard:protect=true", description="key=value tag that exempts a resource")
@@ -120,6 +124,16 @@ class Settings(BaseSettings):
             raise ValueError("expected a URL like 'sqlite:///guard.db' or 'postgresql://user@host/db'") from None
         if url.get_backend_name() not in ("sqlite", "postgresql"):
             raise ValueError("expected a sqlite:/// or postgresql:// URL")
+        return value
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _check_token(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None  # empty means unset: a random token is made and printed
+        secret = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if len(secret) < 16:
+            raise ValueError("use at least 16 characters, e.g. the output of `openssl rand -hex 16`")
         return value
 
     @field_validator("protect_tag")
@@ -200,8 +214,21 @@ def describe_error(exc: ValidationError, prefix: str = "", section: Mapping[str,
     return f"{key} = {value!r}: {message} (set via {env_name} or guard.toml)"
 
 
+def _check_environment_names() -> None:
+    """A misspelt GUARD_* variable would be silently ignored: name it, and the closest real one."""
+    known = {f"GUARD_{name.upper()}" for name in Settings.model_fields} | {"GUARD_CONFIG"}
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if not upper.startswith("GUARD_") or upper in known or upper.startswith("GUARD_RULES__"):
+            continue
+        close = difflib.get_close_matches(upper, sorted(known), n=1)
+        hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(sorted(known))}"
+        raise ConfigError(f"{name}: unknown setting{hint}")
+
+
 def load_settings(registry: Registry, **overrides: Any) -> Settings:
     """Settings from the environment and guard.toml, with every rule section validated; raises ConfigError."""
+    _check_environment_names()
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     select,
 )
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from guard.model import Finding
@@ -109,7 +110,10 @@ class ScanRow(Base):
     rules_evaluated: Mapped[list] = mapped_column(JSON)
     rules_skipped: Mapped[list] = mapped_column(JSON)
     findings_open: Mapped[int] = mapped_column(Integer)
-    running_hourly_usd: Mapped[list] = mapped_column(JSON)  # [{owner, instance_type, usd, count}, …]
+    running_hourly_usd: Mapped[list | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    """[{owner, instance_type, count, usd, price_unknown}, …]; NULL when the instances were unknown."""
+    collectors: Mapped[dict] = mapped_column(JSON, default=dict)
+    """Snapshot part → whether its collector succeeded, for the collectors that ran."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -136,14 +140,47 @@ class Reconciled:
     resolved: int
 
 
+class StoreError(Exception):
+    """The database could not be opened; the message is one line saying why and what to do."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What the daemon currently watches: reads ignore findings of disabled rules and unconfigured regions."""
+
+    rules: tuple[str, ...] | None = None
+    regions: tuple[str, ...] | None = None
+
+
+def scope_of(settings) -> Scope:
+    """The scope of a daemon configured with ``settings`` (its enabled rules, its regions)."""
+    return Scope(rules=tuple(settings.enabled_rules()), regions=tuple(settings.regions))
+
+
 class Store:
     """All reads and writes of findings and scans."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, scope: Scope | None = None):
         self.url = url
-        self.engine = _make_engine(url)
-        Base.metadata.create_all(self.engine)
+        self.scope = scope or Scope()
+        try:
+            self.engine = _make_engine(url)
+            Base.metadata.create_all(self.engine)
+        except ModuleNotFoundError as exc:
+            raise StoreError(f"database_url needs the {exc.name} driver, which is not installed: "
+                             f"pip install {exc.name}") from None
+        except SQLAlchemyError as exc:
+            shown = make_url(url).render_as_string(hide_password=True)
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            raise StoreError(f"database_url = {shown!r}: cannot open the database: {reason}") from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _scoped(self, query, rule_column=None, region_column=None):
+        if self.scope.rules is not None and rule_column is not None:
+            query = query.where(rule_column.in_(self.scope.rules))
+        if self.scope.regions is not None and region_column is not None:
+            query = query.where(region_column.in_(self.scope.regions))
+        return query
 
     def close(self) -> None:
         self.engine.dispose()
@@ -195,7 +232,7 @@ class Store:
 
     def findings(self, state: str = "open", rule: str | None = None, region: str | None = None,
                  limit: int | None = None) -> list[FindingRow]:
-        query = select(FindingRow)
+        query = self._scoped(select(FindingRow), FindingRow.rule, FindingRow.region)
         if state != "all":
             query = query.where(FindingRow.state == state)
         if rule:
@@ -209,21 +246,33 @@ class Store:
             return list(session.scalars(query).all())
 
     def scans(self, region: str | None = None, limit: int = 100) -> list[ScanRow]:
-        query = select(ScanRow).order_by(ScanRow.id.desc()).limit(limit)
+        query = self._scoped(select(ScanRow), region_column=ScanRow.region).order_by(ScanRow.id.desc()).limit(limit)
         if region:
             query = query.where(ScanRow.region == region)
         with self.session() as session:
             return list(session.scalars(query).all())
 
-    def latest_scans(self, status: Iterable[str] = ("ok", "partial", "failed")) -> list[ScanRow]:
-        """The newest scan per (account, region) among the given statuses."""
-        newest = (
-            select(func.max(ScanRow.id))
-            .where(ScanRow.status.in_(list(status)))
-            .group_by(ScanRow.account_id, ScanRow.region)
-        )
+    def latest_scans(self, status: Iterable[str] = ("ok", "partial", "failed"),
+                     with_running_cost: bool = False) -> list[ScanRow]:
+        """The newest scan per region among the given statuses (optionally: that knew the running instances)."""
+        newest = select(func.max(ScanRow.id)).where(ScanRow.status.in_(list(status)))
+        if with_running_cost:
+            newest = newest.where(ScanRow.running_hourly_usd.is_not(None))
+        newest = self._scoped(newest.group_by(ScanRow.region), region_column=ScanRow.region)
         with self.session() as session:
             return list(session.scalars(select(ScanRow).where(ScanRow.id.in_(newest))).all())
+
+    def open_resource_waste(self) -> list[tuple[str, str, str, float]]:
+        """(region, owner, resource id, largest known $/h) of resources with open findings, each resource once."""
+        query = (
+            select(FindingRow.region, FindingRow.owner, FindingRow.resource_id,
+                   func.max(FindingRow.waste_hourly_usd))
+            .where(FindingRow.state == "open", FindingRow.waste_hourly_usd.is_not(None))
+            .group_by(FindingRow.region, FindingRow.owner, FindingRow.resource_id)
+        )
+        query = self._scoped(query, FindingRow.rule, FindingRow.region)
+        with self.session() as session:
+            return [tuple(row) for row in session.execute(query).all()]
 
     def open_summary(self) -> list[tuple[str, str, str, str, int, float, int]]:
         """(rule, region, owner, severity, count, priced waste $/h, count with unknown price) of open findings."""
@@ -236,6 +285,7 @@ class Store:
             .where(FindingRow.state == "open")
             .group_by(FindingRow.rule, FindingRow.region, FindingRow.owner, FindingRow.severity)
         )
+        query = self._scoped(query, FindingRow.rule, FindingRow.region)
         with self.session() as session:
             return [tuple(row) for row in session.execute(query).all()]
 

@@ -39,14 +39,19 @@ def _request(query: MetricQuery, query_id: str) -> dict:
 
 def collect_metrics(aws: Aws, region: str, queries: Iterable[MetricQuery], now: datetime,
                     progress: Callable[[int], None] | None = None) -> dict[MetricQuery, Series]:
-    """Fetch each distinct query once; queries sharing a window share calls of up to 500 queries."""
-    by_window: dict[int, list[MetricQuery]] = defaultdict(list)
+    """Fetch each distinct query once; queries sharing a window and period share calls of up to 500 queries.
+
+    The window ends at the last *complete* period before the current one: CloudWatch publishes basic-monitoring
+    datapoints minutes late, and a half-filled newest period would read as missing data.
+    """
+    by_window: dict[tuple[int, int], list[MetricQuery]] = defaultdict(list)
     for query in dict.fromkeys(queries):
-        by_window[query.window_seconds].append(query)
+        by_window[(query.window_seconds, query.period_seconds)].append(query)
     client = aws.client("cloudwatch", region)
-    end = now.replace(second=0, microsecond=0)
     results: dict[MetricQuery, Series] = {}
-    for window, window_queries in by_window.items():
+    for (window, period), window_queries in by_window.items():
+        epoch = int(now.timestamp())
+        end = datetime.fromtimestamp(epoch - epoch % period - period, tz=now.tzinfo)
         start = end - timedelta(seconds=window)
         for batch in _batches(window_queries, MAX_QUERIES_PER_CALL):
             ids = {f"q{index}": query for index, query in enumerate(batch)}

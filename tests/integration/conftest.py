@@ -48,7 +48,9 @@ def make_settings(registry: Registry, database_url: str, monkeypatch: pytest.Mon
         monkeypatch.delenv(name, raising=False)
 
     def make(**overrides) -> Settings:
-        values = {"regions": ["us-east-1", "us-west-2"], "database_url": database_url} | overrides
+        # Series are fetched on every scan here, so a test sees what it just changed (default: every 5 minutes).
+        values = {"regions": ["us-east-1", "us-west-2"], "database_url": database_url,
+                  "metrics_refresh": "0s"} | overrides
         return load_settings(registry, **values)
 
     return make

@@ -34,3 +34,21 @@ def test_1000_instances_and_100_volumes_cost_at_most_10_calls(sandbox: SandboxSe
     again = scanner.scan("us-east-1")
     assert "sts:GetCallerIdentity" not in again.api_calls  # the account id is cached
     assert sum(again.api_calls.values()) == sum(calls.values()) - 1
+
+
+def test_series_are_fetched_again_only_every_metrics_refresh(sandbox: SandboxServer, make_scanner) -> None:
+    sandbox.reset()
+    fleet = seed_fleet(sandbox.endpoint_url, "us-east-1", instances=20, volumes=0)
+    scanner = make_scanner(regions=["us-east-1"], metrics_refresh="5 minutes")
+    first = scanner.scan("us-east-1")
+    assert first.api_calls["cloudwatch:GetMetricData"] == 1
+    second = scanner.scan("us-east-1")
+    assert "cloudwatch:GetMetricData" not in second.api_calls  # GetMetricData bills per metric: reuse
+    assert second.snapshot.metrics == first.snapshot.metrics
+
+    seed_fleet(sandbox.endpoint_url, "us-east-1", instances=1, volumes=0)
+    third = scanner.scan("us-east-1")
+    new_ids = {i.id for i in third.snapshot.instances} - set(fleet.instance_ids)
+    assert len(new_ids) == 1 and third.api_calls["cloudwatch:GetMetricData"] == 1
+    fetched_for = {dict(q.dimensions)["InstanceId"] for q in third.snapshot.metrics}
+    assert fetched_for == {i.id for i in third.snapshot.instances}

@@ -47,7 +47,7 @@ def test_check_config_rejects_bad_values_with_one_line(tmp_path: Path, env, toml
 
 def test_check_config_prints_the_effective_configuration_with_secrets_masked(tmp_path: Path) -> None:
     result = guard("check-config", cwd=tmp_path, env={
-        "GUARD_API_TOKEN": "s3cret-token", "GUARD_REGIONS": "eu-west-1, us-east-2",
+        "GUARD_API_TOKEN": "s3cret-token-0123456789", "GUARD_REGIONS": "eu-west-1, us-east-2",
         "GUARD_DATABASE_URL": "postgresql://guard:hunter2@db.example/guard", "GUARD_RULES__IDLE_VMS__WINDOW": "2h"})
     assert result.returncode == 0, result.stderr
     config = json.loads(result.stdout)

@@ -81,13 +81,17 @@ class _Forbidden(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def forbidden_cloudwatch(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def forbidden_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Forbidden)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDWATCH", url)
-    yield url
+    yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
+
+
+@pytest.fixture
+def forbidden_cloudwatch(forbidden_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDWATCH", forbidden_endpoint)
+    return forbidden_endpoint
 
 
 def test_a_failed_metrics_fetch_resolves_nothing(team_account: GroundTruth, make_scanner, registry,
@@ -121,3 +125,22 @@ def test_state_survives_a_restart(team_account: GroundTruth, make_scanner) -> No
     assert {(r.rule, r.region, r.resource_id): r.first_seen for r in rows} == first_seen
     assert all(r.last_seen > r.first_seen for r in rows)
     assert len(second.store.scans()) == 2 * len(REGIONS)
+
+
+def test_a_failed_ec2_inventory_resolves_nothing_and_keeps_the_running_cost(
+        team_account: GroundTruth, make_scanner, registry, make_settings, forbidden_endpoint: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    scanner = make_scanner()
+    before = scan_all(scanner)
+    [known] = [s for s in scanner.store.latest_scans(with_running_cost=True) if s.region == "us-east-1"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", forbidden_endpoint)
+    report = Scanner(make_settings(), registry, Aws(), scanner.store).scan("us-east-1")
+    assert report.status in ("partial", "failed")
+    assert report.snapshot.instances is None and report.snapshot.volumes is None
+    assert {"idle-vms", "detached-volumes"} <= set(report.skipped)
+    assert {(r.rule, r.region, r.resource_id) for r in scanner.store.findings()} >= set(before)
+    assert scanner.store.findings(state="resolved") == []
+    [latest] = [s for s in scanner.store.latest_scans(with_running_cost=True) if s.region == "us-east-1"]
+    assert latest.id == known.id  # the running cost still comes from the last scan that saw the instances
+    [failed] = scanner.store.scans(region="us-east-1", limit=1)
+    assert failed.collectors["instances"] is False and failed.collectors["volumes"] is False

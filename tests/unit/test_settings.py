@@ -60,7 +60,7 @@ def test_defaults(registry: Registry) -> None:
     assert settings.api_token is None
     assert settings.owner_tag == "owner"
     assert settings.protect_tag_pair == ("guard:protect", "true")
-    assert settings.enabled_rules() == ["detached-volumes", "idle-vms"]
+    assert settings.enabled_rules() == sorted(registry.rules)  # every installed rule is on by default
     assert settings.rule_configs["idle-vms"].window == timedelta(hours=1)
     assert settings.rule_configs["detached-volumes"].min_age == timedelta(hours=24)
 
@@ -90,16 +90,16 @@ def test_duplicate_regions_are_collapsed(monkeypatch: pytest.MonkeyPatch, regist
 
 def test_api_token_and_database_password_are_masked(monkeypatch: pytest.MonkeyPatch,
                                                     registry: Registry) -> None:
-    monkeypatch.setenv("GUARD_API_TOKEN", "s3cr3t-token")
+    monkeypatch.setenv("GUARD_API_TOKEN", "s3cr3t-token-0123456789")
     monkeypatch.setenv("GUARD_DATABASE_URL", "postgresql://guard:hunter2@db.internal/guard")
     settings = load_settings(registry)
     assert settings.api_token is not None
-    assert settings.api_token.get_secret_value() == "s3cr3t-token"
+    assert settings.api_token.get_secret_value() == "s3cr3t-token-0123456789"
     masked = settings.masked()
     assert masked["api_token"] == "********"
     assert "hunter2" not in masked["database_url"] and "db.internal" in masked["database_url"]
-    assert "s3cr3t-token" not in repr(masked) and "hunter2" not in repr(masked)
-    assert "s3cr3t-token" not in repr(settings)
+    assert "s3cr3t-token-0123456789" not in repr(masked) and "hunter2" not in repr(masked)
+    assert "s3cr3t-token-0123456789" not in repr(settings)
     assert masked["scan_interval"] == "1m"
     assert masked["rules"]["idle-vms"]["window"] == "1h"
 
@@ -114,7 +114,7 @@ def test_rule_setting_from_environment(monkeypatch: pytest.MonkeyPatch, registry
     settings = load_settings(registry)
     assert settings.rule_configs["idle-vms"].window == timedelta(hours=2)
     assert settings.rule_configs["idle-vms"].cpu_percent_max == 5.0  # untouched keys keep their defaults
-    assert settings.enabled_rules() == ["idle-vms"]
+    assert "idle-vms" in settings.enabled_rules() and "detached-volumes" not in settings.enabled_rules()
 
 
 def test_toml_file_from_guard_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
@@ -128,7 +128,7 @@ def test_toml_file_from_guard_config(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     idle = settings.rule_configs["idle-vms"]
     assert (idle.window, idle.cpu_percent_max) == (timedelta(hours=3), 2.5)
     assert settings.rule_configs["detached-volumes"].min_age == timedelta(days=2)
-    assert settings.enabled_rules() == ["idle-vms"]
+    assert "idle-vms" in settings.enabled_rules() and "detached-volumes" not in settings.enabled_rules()
 
 
 def test_guard_toml_in_working_directory_is_read(clean_environment: Path, registry: Registry) -> None:
@@ -261,3 +261,21 @@ def test_settings_without_registry_keep_rule_sections_raw(monkeypatch: pytest.Mo
     settings = Settings()
     assert settings.rules == {"idle-vms": {"window": "2h"}}
     assert settings.rule_configs == {}
+
+
+def test_short_api_token_is_rejected(monkeypatch: pytest.MonkeyPatch, registry: Registry) -> None:
+    monkeypatch.setenv("GUARD_API_TOKEN", "short")
+    with pytest.raises(ConfigError, match="at least 16 characters"):
+        load_settings(registry)
+
+
+def test_empty_api_token_means_unset(monkeypatch: pytest.MonkeyPatch, registry: Registry) -> None:
+    monkeypatch.setenv("GUARD_API_TOKEN", "")
+    assert load_settings(registry).api_token is None
+
+
+def test_misspelt_environment_variable_is_named_with_the_closest_setting(
+        monkeypatch: pytest.MonkeyPatch, registry: Registry) -> None:
+    monkeypatch.setenv("GUARD_MOD", "enforce")
+    with pytest.raises(ConfigError, match="GUARD_MOD: unknown setting; did you mean GUARD_MODE"):
+        load_settings(registry)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy.exc import StatementError
 
 from guard.model import Finding, Severity
-from guard.store import Reconciled, Store
+from guard.store import Reconciled, Scope, Store, StoreError
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -193,3 +193,22 @@ def test_naive_datetimes_are_refused(store: Store) -> None:
     with pytest.raises(StatementError, match="naive datetime"):
         reconcile(store, [finding()], datetime(2024, 5, 1, 12, 0))
     assert store.findings(state="all") == []
+
+
+def test_reads_are_limited_to_the_scope(db_url: str, store: Store) -> None:
+    reconcile(store, [finding("i-1")], T0)
+    reconcile(store, [finding("vol-1", rule="detached-volumes", waste=0.01)], T0, rule="detached-volumes")
+    reconcile(store, [finding("i-2", region="eu-west-1")], T0, region="eu-west-1")
+    scoped = Store(db_url, Scope(rules=("detached-volumes", "idle-vms"), regions=(REGION,)))
+    assert {r.resource_id for r in scoped.findings()} == {"i-1", "vol-1"}
+    narrower = Store(db_url, Scope(rules=("detached-volumes",), regions=(REGION,)))
+    assert [r.resource_id for r in narrower.findings()] == ["vol-1"]
+    assert {row[0] for row in narrower.open_summary()} == {"detached-volumes"}
+    assert [row[2] for row in narrower.open_resource_waste()] == ["vol-1"]
+    assert len(Store(db_url).findings()) == 3  # nothing is deleted: out of scope is only out of sight
+
+
+def test_a_database_that_cannot_be_opened_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(StoreError) as error:
+        Store(f"sqlite:///{tmp_path}/no/such/dir/g.db")
+    assert "cannot open the database" in str(error.value) and "\n" not in str(error.value)

@@ -1,0 +1,286 @@
+"""The ``chatty-s3`` rule.
+
+Two halves, so that another source of S3 call counts (the SDK's per-cluster counters) plugs in beside
+CloudWatch: *request count sources* turn snapshot data into ``BucketRequests`` records, and the pricing and
+judging below work on those records only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Protocol
+
+from pydantic import Field, field_validator, model_validator
+
+from guard.durations import Duration, format_duration
+from guard.model import Bucket, Evaluation, Finding, MetricQuery, Severity, Snapshot
+from guard.pricing import HOURS_PER_MONTH, S3_TIER1_USD_PER_1000, S3_TIER2_USD_PER_1000
+from guard.rule import Context, Rule, RuleConfig
+
+OPERATION_USD_PER_1000: Mapping[str, float] = {
+    "PUT": S3_TIER1_USD_PER_1000,
+    "COPY": S3_TIER1_USD_PER_1000,
+    "POST": S3_TIER1_USD_PER_1000,
+    "LIST": S3_TIER1_USD_PER_1000,
+    "GET": S3_TIER2_USD_PER_1000,
+    "SELECT": S3_TIER2_USD_PER_1000,
+    "HEAD": S3_TIER2_USD_PER_1000,
+    "DELETE": 0.0,
+}
+"""S3 Standard list prices per 1,000 requests by operation class; DELETE is free."""
+OTHER_USD_PER_1000 = S3_TIER2_USD_PER_1000
+"""AWS bills every request class not named above at the GET rate ("GET, SELECT and all other requests")."""
+PRICE_BASIS = "S3 Standard us-east-1 list price per 1,000 requests"
+
+LISTED_METRIC = ("AWS/S3", "AllRequests")
+WHOLE_BUCKET_FILTER = "EntireBucket"
+"""The filter id AWS's console and docs give a request-metrics configuration covering the whole bucket."""
+CLOUDWATCH_METRICS: Mapping[str, str] = {
+    "GetRequests": "GET",
+    "PutRequests": "PUT",
+    "ListRequests": "LIST",
+    "PostRequests": "POST",
+    "HeadRequests": "HEAD",
+    "DeleteRequests": "DELETE",
+    "SelectRequests": "SELECT",
+}
+"""The AWS/S3 request metrics (Sum = request count) and the operation class each one counts."""
+
+
+@dataclass(frozen=True)
+class BucketRequests:
+    """What one source counted for one bucket over a window: requests by operation class (GET, LIST, …)."""
+
+    bucket: str
+    source: str
+    window_seconds: int
+    counts_by_operation: Mapping[str, float]
+    detail: Mapping[str, object] = field(default_factory=dict)
+    """Source-specific facts a person needs to trust the numbers (e.g. which CloudWatch filter was read)."""
+
+
+class RequestCountSource(Protocol):
+    """A pure source of S3 request counts: the series it needs, then records built from the snapshot."""
+
+    def metric_queries(self, snapshot: Snapshot, buckets: Sequence[Bucket]) -> Iterable[MetricQuery]: ...
+
+    def counts(self, snapshot: Snapshot, buckets: Sequence[Bucket]) -> Iterable[BucketRequests]: ...
+
+
+@dataclass(frozen=True)
+class CloudWatchRequestMetrics:
+    """Counts from S3 request metrics, for buckets with a request-metrics configuration (listed by ListMetrics).
+
+    One filter per bucket: the whole-bucket one when there is one, else the first in name order.
+    """
+
+    period_seconds: int
+    window_seconds: int
+    name: str = "cloudwatch"
+
+    def filters(self, snapshot: Snapshot) -> dict[str, list[str]]:
+        """Bucket name → the request-metrics filter ids CloudWatch lists for it, sorted."""
+        listed = (snapshot.metric_listings or {}).get(LISTED_METRIC, ())
+        filters: dict[str, set[str]] = {}
+        for dimension_set in listed:
+            dimensions = dict(dimension_set)
+            if "BucketName" in dimensions and "FilterId" in dimensions:
+                filters.setdefault(dimensions["BucketName"], set()).add(dimensions["FilterId"])
+        return {bucket: sorted(ids) for bucket, ids in filters.items()}
+
+    @staticmethod
+    def chosen_filter(filter_ids: Sequence[str]) -> str:
+        return WHOLE_BUCKET_FILTER if WHOLE_BUCKET_FILTER in filter_ids else filter_ids[0]
+
+    def _query(self, bucket: str, filter_id: str, metric: str) -> MetricQuery:
+        return MetricQuery(namespace="AWS/S3", metric=metric,
+                           dimensions=(("BucketName", bucket), ("FilterId", filter_id)), stat="Sum",
+                           period_seconds=self.period_seconds, window_seconds=self.window_seconds)
+
+    def metric_queries(self, snapshot: Snapshot, buckets: Sequence[Bucket]) -> Iterable[MetricQuery]:
+        filters = self.filters(snapshot)
+        for bucket in buckets:
+            if bucket.name in filters:
+                filter_id = self.chosen_filter(filters[bucket.name])
+                for metric in CLOUDWATCH_METRICS:
+                    yield self._query(bucket.name, filter_id, metric)
+
+    def counts(self, snapshot: Snapshot, buckets: Sequence[Bucket]) -> Iterable[BucketRequests]:
+        """A record per listed bucket; a period without datapoints had no requests (S3 publishes no zeros)."""
+        filters = self.filters(snapshot)
+        for bucket in buckets:
+            if bucket.name not in filters:
+                continue
+            filter_id = self.chosen_filter(filters[bucket.name])
+            counts = {operation: sum(snapshot.series(self._query(bucket.name, filter_id, metric)).values)
+                      for metric, operation in CLOUDWATCH_METRICS.items()}
+            yield BucketRequests(
+                bucket=bucket.name, source=self.name, window_seconds=self.window_seconds,
+                counts_by_operation=counts,
+                detail={"filter_id": filter_id, "whole_bucket": filter_id == WHOLE_BUCKET_FILTER,
+                        "filters_available": filters[bucket.name]},
+            )
+
+
+def usd_per_1000(operation: str) -> float:
+    return OPERATION_USD_PER_1000.get(operation, OTHER_USD_PER_1000)
+
+
+def hourly_usd_by_operation(record: BucketRequests) -> dict[str, float]:
+    """$ per hour each operation class costs at the record's request rate."""
+    hours = record.window_seconds / 3600
+    return {operation: count * usd_per_1000(operation) / 1000 / hours
+            for operation, count in record.counts_by_operation.items()}
+
+
+def hourly_usd(record: BucketRequests) -> float:
+    return sum(hourly_usd_by_operation(record).values())
+
+
+class ChattyS3Config(RuleConfig):
+    window: Duration = Field(timedelta(hours=1), description="how far back requests are counted")
+    period: Duration = Field(timedelta(minutes=5), description="CloudWatch period the request counts are summed by")
+    min_hourly_usd: float = Field(0.10, ge=0, description="request cost per hour above which a bucket is reported")
+    high_hourly_usd: float = Field(1.0, ge=0, description="request cost per hour from which a finding is high severity")
+
+    @field_validator("period")
+    @classmethod
+    def _whole_minutes(cls, value: timedelta) -> timedelta:
+        seconds = value.total_seconds()
+        if seconds < 60 or seconds % 60:
+            raise ValueError("S3 request metrics have 1-minute resolution: use a multiple of 60s, e.g. '5 minutes'")
+        return value
+
+    @model_validator(mode="after")
+    def _window_holds_a_period(self) -> ChattyS3Config:
+        if self.window < self.period:
+            raise ValueError(f"window must be at least one period ({format_duration(self.period)})")
+        return self
+
+
+class ChattyS3(Rule):
+    """Buckets whose request rate costs more than `min_hourly_usd`, priced per request class.
+
+    What it detects
+        A bucket whose S3 requests over the `window` cost more than `min_hourly_usd` per hour, counted from the
+        CloudWatch `AWS/S3` request metrics (`GetRequests`, `PutRequests`, `ListRequests`, … per `BucketName` and
+        `FilterId`; the whole-bucket filter `EntireBucket` when there is one). The finding names the dominant
+        operation class, the requests per second and the projected $/month. Buckets without request metrics are
+        listed once, as information (not waste), with the command that enables them.
+    Why it costs money
+        S3 bills every request: PUT, COPY, POST and LIST at $0.005 per 1,000, GET, SELECT and HEAD at $0.0004 per
+        1,000. A Dask job listing a prefix in a loop at 100 requests/s is $1.80 an hour, $1,314 a month, for a
+        bucket whose storage may cost a few dollars.
+    Example
+        `forecasting-features` answering 40 LIST/s from a workers' polling loop: $0.72/hour, $526/month.
+    Fix
+        Cache listings (list once, pass the keys to the workers), batch small objects into larger files, and read
+        through a single manifest instead of HEAD/GET per object; enable request metrics where they are off.
+    """
+
+    id = "chatty-s3"
+    resource_type = "bucket"
+    needs = frozenset({"buckets", "metric_listings", "metrics"})
+    listings = (LISTED_METRIC,)
+    inputs = ("S3 buckets and their tags; CloudWatch AWS/S3 request metrics (GetRequests, PutRequests, ListRequests, "
+              "PostRequests, HeadRequests, DeleteRequests, SelectRequests: Sum) per BucketName and FilterId")
+    waste_formula = ("requests per hour × the class's $/1,000 (PUT/COPY/POST/LIST $0.005, GET/SELECT/HEAD $0.0004, "
+                     "DELETE free) ÷ 1,000")
+    suggested_action = "reduce-requests"
+    iam_permissions = ("s3:ListAllMyBuckets", "tag:GetResources", "cloudwatch:ListMetrics",
+                       "cloudwatch:GetMetricData")
+    Config = ChattyS3Config
+    config: ChattyS3Config
+
+    def __init__(self, config: ChattyS3Config | None = None):
+        super().__init__(config)
+        self.cloudwatch = CloudWatchRequestMetrics(period_seconds=int(self.config.period.total_seconds()),
+                                                   window_seconds=int(self.config.window.total_seconds()))
+        self.sources: tuple[RequestCountSource, ...] = (self.cloudwatch,)
+
+    @staticmethod
+    def _buckets(snapshot: Snapshot, context: Context) -> list[Bucket]:
+        return [bucket for bucket in snapshot.buckets or () if not context.is_protected(bucket.tags)]
+
+    def metric_queries(self, snapshot: Snapshot, context: Context) -> Iterable[MetricQuery]:
+        buckets = self._buckets(snapshot, context)
+        for source in self.sources:
+            yield from source.metric_queries(snapshot, buckets)
+
+    def evaluate(self, snapshot: Snapshot, context: Context) -> Evaluation:
+        buckets = self._buckets(snapshot, context)
+        records: dict[str, list[BucketRequests]] = {}
+        for source in self.sources:
+            for record in source.counts(snapshot, buckets):
+                records.setdefault(record.bucket, []).append(record)
+        findings = []
+        for bucket in buckets:
+            if bucket.name not in records:
+                findings.append(self._not_measurable(bucket, snapshot.region, context))
+                continue
+            # Sources overlap (a cluster's calls are also in the bucket's CloudWatch counts): judge on the costliest.
+            record = max(records[bucket.name], key=hourly_usd)
+            if hourly_usd(record) > self.config.min_hourly_usd:
+                findings.append(self._finding(bucket, record, snapshot.region, context))
+        return Evaluation(findings=tuple(findings))
+
+    def _finding(self, bucket: Bucket, record: BucketRequests, region: str, context: Context) -> Finding:
+        by_operation = hourly_usd_by_operation(record)
+        hourly = sum(by_operation.values())
+        dominant = max(by_operation, key=lambda operation: (by_operation[operation], operation))
+        total = sum(record.counts_by_operation.values())
+        per_second = total / record.window_seconds
+        monthly = hourly * HOURS_PER_MONTH
+        share = by_operation[dominant] / hourly
+        window = format_duration(timedelta(seconds=record.window_seconds))
+        return Finding(
+            rule=self.id,
+            resource_id=bucket.name,
+            resource_type=self.resource_type,
+            region=region,
+            owner=context.owner_of(bucket.tags),
+            severity=Severity.high if hourly >= self.config.high_hourly_usd else Severity.medium,
+            waste_hourly_usd=hourly,
+            summary=(f"s3://{bucket.name}: {per_second:,.1f} requests/s, mostly {dominant} ({share:.0%} of the cost) — "
+                     f"${hourly:.3f}/hour, ${monthly:,.0f}/month"),
+            suggested_action=self.suggested_action,
+            evidence={
+                "bucket": bucket.name,
+                "source": record.source,
+                **record.detail,
+                "window": window,
+                "dominant_operation": dominant,
+                "dominant_cost_share": round(share, 4),
+                "requests": {operation: count for operation, count in record.counts_by_operation.items() if count},
+                "requests_per_second": round(per_second, 3),
+                "hourly_usd_by_operation": {operation: round(usd, 6) for operation, usd in by_operation.items()
+                                            if usd},
+                "usd_per_1000": {operation: usd_per_1000(operation) for operation in record.counts_by_operation},
+                "price_basis": PRICE_BASIS,
+                "monthly_usd": round(monthly, 2),
+            },
+        )
+
+    def _not_measurable(self, bucket: Bucket, region: str, context: Context) -> Finding:
+        command = (f"aws s3api put-bucket-metrics-configuration --bucket {bucket.name} --id {WHOLE_BUCKET_FILTER} "
+                   f"--metrics-configuration Id={WHOLE_BUCKET_FILTER}")
+        return Finding(
+            rule=self.id,
+            resource_id=bucket.name,
+            resource_type=self.resource_type,
+            region=region,
+            owner=context.owner_of(bucket.tags),
+            severity=Severity.info,
+            waste_hourly_usd=None,
+            summary="not measurable: request metrics are off",
+            suggested_action="enable-request-metrics",
+            evidence={
+                "bucket": bucket.name,
+                "reason": ("CloudWatch lists no AWS/S3 request metrics for this bucket in the last 3 hours: "
+                           "request metrics are off (or on, with no request since)"),
+                "fix": command,
+                "note": "CloudWatch charges for these metrics (per metric per month, like any custom metric)",
+            },
+        )

@@ -1,0 +1,109 @@
+"""The ``orphaned-snapshots`` rule."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field, model_validator
+
+from guard.durations import Duration, format_duration
+from guard.model import EbsSnapshot, Evaluation, Finding, Severity, Snapshot
+from guard.pricing import HOURS_PER_MONTH, SNAPSHOT_USD_PER_GB_MONTH
+from guard.rule import Context, Rule, RuleConfig
+
+BACKUP_TAGS = ("aws:backup:source-resource", "aws:dlm:lifecycle-policy-id")
+"""Tags AWS Backup and Data Lifecycle Manager put on the snapshots they manage (and expire themselves)."""
+BACKUP_DESCRIPTION = "This snapshot is created by the AWS Backup service"
+
+
+class OrphanedSnapshotsConfig(RuleConfig):
+    min_age: Duration = Field(timedelta(days=7), description="snapshots younger than this are left alone: a week "
+                              "lets a snapshot-before-delete be restored or reviewed first")
+    high_monthly_usd: float = Field(50.0, ge=0, description="monthly cost from which a finding is high severity")
+    medium_monthly_usd: float = Field(10.0, ge=0, description="monthly cost from which a finding is medium severity")
+
+    @model_validator(mode="after")
+    def _ordered_severities(self) -> OrphanedSnapshotsConfig:
+        if self.medium_monthly_usd > self.high_monthly_usd:
+            raise ValueError("medium_monthly_usd must not exceed high_monthly_usd")
+        return self
+
+
+class OrphanedSnapshots(Rule):
+    """EBS snapshots whose volume is gone and that no AMI of the account uses, older than `min_age`.
+
+    What it detects
+        A completed snapshot owned by the account, older than `min_age`, whose source volume no longer exists
+        and that is not behind any AMI the account owns. Snapshots managed by AWS Backup or Data Lifecycle
+        Manager are left to their retention policy.
+    Why it costs money
+        Snapshots bill $0.05 per GB-month for as long as they are kept; the ones of deleted volumes and of
+        deregistered AMIs pile up unseen. The price shown is an upper bound: snapshots are incremental and bill
+        only the blocks no other snapshot of the volume holds.
+    Example
+        A 500 GiB snapshot taken before a training volume was deleted three months ago: at most $0.0342/hour.
+    Fix
+        Delete the snapshot once nobody needs it, or move it to the archive tier ($0.0125/GB-month) if it must stay.
+    """
+
+    id = "orphaned-snapshots"
+    resource_type = "snapshot"
+    needs = frozenset({"snapshots", "volumes", "images"})
+    inputs = "EBS snapshots owned by the account; EBS volumes; AMIs owned by the account (their snapshots)"
+    waste_formula = "size GiB × $0.05/GB-month ÷ 730 (upper bound: snapshots are incremental)"
+    suggested_action = "delete"
+    iam_permissions = ("ec2:DescribeSnapshots", "ec2:DescribeVolumes", "ec2:DescribeImages")
+    Config = OrphanedSnapshotsConfig
+    config: OrphanedSnapshotsConfig
+
+    def evaluate(self, snapshot: Snapshot, context: Context) -> Evaluation:
+        volumes = {volume.id for volume in snapshot.volumes or ()}
+        used_by_images = {snapshot_id for image in snapshot.images or () for snapshot_id in image.snapshot_ids}
+        findings = []
+        for ebs in snapshot.snapshots or ():
+            if (ebs.state != "completed" or context.is_protected(ebs.tags) or _managed_backup(ebs)
+                    or ebs.volume_id in volumes or ebs.id in used_by_images):
+                continue
+            age = snapshot.taken_at - ebs.start_time
+            if age < self.config.min_age:
+                continue
+            findings.append(self._finding(ebs, snapshot.region, context, age))
+        return Evaluation(findings=tuple(findings))
+
+    def _finding(self, ebs: EbsSnapshot, region: str, context: Context, age: timedelta) -> Finding:
+        monthly = ebs.size_gib * SNAPSHOT_USD_PER_GB_MONTH
+        hourly = monthly / HOURS_PER_MONTH
+        if monthly >= self.config.high_monthly_usd:
+            severity = Severity.high
+        elif monthly >= self.config.medium_monthly_usd:
+            severity = Severity.medium
+        else:
+            severity = Severity.low
+        source = f"deleted volume {ebs.volume_id}" if ebs.volume_id else "an unknown volume"
+        return Finding(
+            rule=self.id,
+            resource_id=ebs.id,
+            resource_type=self.resource_type,
+            region=region,
+            owner=context.owner_of(ebs.tags),
+            severity=severity,
+            waste_hourly_usd=hourly,
+            summary=(f"{ebs.size_gib} GiB snapshot of {source}, used by no AMI, {age.total_seconds() / 86400:.1f} "
+                     f"days old — at most ${hourly:.4f}/hour"),
+            suggested_action=self.suggested_action,
+            evidence={
+                "size_gib": ebs.size_gib,
+                "volume_id": ebs.volume_id,
+                "description": ebs.description,
+                "age": format_duration(timedelta(seconds=int(age.total_seconds()))),
+                "usd_per_gb_month": SNAPSHOT_USD_PER_GB_MONTH,
+                "monthly_usd": round(monthly, 2),
+                "price": "upper-bound",
+                "price_basis": "full size at the standard tier; snapshots are incremental and bill only the blocks "
+                               "no other snapshot of the volume holds",
+            },
+        )
+
+
+def _managed_backup(ebs: EbsSnapshot) -> bool:
+    return any(tag in ebs.tags for tag in BACKUP_TAGS) or ebs.description.startswith(BACKUP_DESCRIPTION)

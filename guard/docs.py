@@ -22,7 +22,7 @@ def rules_markdown(registry: Registry) -> str:
     for rule_id, cls in registry.rules.items():
         doc = rule_doc(cls)
         lines.append("| " + " | ".join(_cell(part) for part in (
-            f"`{rule_id}`", doc["summary"], cls.inputs, thresholds_doc(cls), cls.waste_formula,
+            f"`{rule_id}`", doc["summary"], cls.inputs, thresholds_doc(cls) or "—", cls.waste_formula,
             f"`{cls.suggested_action}`", ", ".join(f"`{p}`" for p in cls.iam_permissions),
         )) + " |")
     for rule_id, cls in registry.rules.items():

@@ -15,7 +15,7 @@ def collect_log_groups(aws: Aws, region: str) -> tuple[LogGroup, ...]:
     paginator = aws.client("logs", region).get_paginator("describe_log_groups")
     raw_groups = [raw for page in paginator.paginate(PaginationConfig={"PageSize": PAGE_SIZE})
                   for raw in page.get("logGroups", [])]
-    tags = tags_by_arn(aws, region, "logs:log-group") if raw_groups else {}
+    tags = tags_by_arn(aws, region, "logs") if raw_groups else {}
     groups = []
     for raw in raw_groups:
         arn = raw.get("logGroupArn") or raw.get("arn", "").removesuffix(":*")

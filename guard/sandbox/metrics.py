@@ -57,14 +57,14 @@ def datums(instance_id: str, load: Load, stamps: Iterable[datetime], rng: random
             yield {"MetricName": name, "Dimensions": dimensions, "Timestamp": stamp, "Value": value, "Unit": unit}
 
 
-def put(endpoint_url: str, region: str, data: Iterable[dict]) -> None:
+def put(endpoint_url: str, region: str, data: Iterable[dict], namespace: str = NAMESPACE) -> None:
     """PutMetricData in batches of up to 1,000 datums."""
     cloudwatch = sandbox_client(endpoint_url, "cloudwatch", region)
     batch: list[dict] = []
     for datum in data:
         batch.append(datum)
         if len(batch) == MAX_DATUMS_PER_CALL:
-            cloudwatch.put_metric_data(Namespace=NAMESPACE, MetricData=batch)
+            cloudwatch.put_metric_data(Namespace=namespace, MetricData=batch)
             batch = []
     if batch:
-        cloudwatch.put_metric_data(Namespace=NAMESPACE, MetricData=batch)
+        cloudwatch.put_metric_data(Namespace=namespace, MetricData=batch)

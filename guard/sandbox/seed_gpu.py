@@ -18,16 +18,15 @@ from guard.pricing import default_catalog
 from guard.sandbox import metrics
 from guard.sandbox.account import LOADS, PROTECT_TAG, REGIONS, TEAMS
 from guard.sandbox.backdate import backdate
-from guard.sandbox.images import image_for
+from guard.sandbox.images import architecture, image_for
 from guard.sandbox.server import sandbox_client
-from guard.sandbox.truth import IDLE_VMS, ExpectedFinding, InstanceSpec, NearMiss, SeedContext, Seeded
+from guard.sandbox.truth import ExpectedFinding, InstanceSpec, NearMiss, SeedContext, Seeded
 
 RULE = "idle-gpu"
 GPU_PERCENT_MAX = 10.0
 CPU_PERCENT_MAX = 5.0
 """idle-gpu's default thresholds."""
 NAMESPACE, METRIC = "CWAgent", "nvidia_smi_utilization_gpu"
-MAX_DATUMS_PER_CALL = 1000
 
 Range = tuple[float, float]
 IDLE_GPU: Range = (0.0, 3.0)
@@ -95,12 +94,6 @@ def _gpu_datums(instance_id: str, instance_type: str, gpus: tuple[Range, ...], s
                    "Value": round(rng.uniform(low, high), 3), "Unit": "Percent"}
 
 
-def _put(endpoint_url: str, region: str, data: list[dict]) -> None:
-    cloudwatch = sandbox_client(endpoint_url, "cloudwatch", region)
-    for start in range(0, len(data), MAX_DATUMS_PER_CALL):
-        cloudwatch.put_metric_data(Namespace=NAMESPACE, MetricData=data[start:start + MAX_DATUMS_PER_CALL])
-
-
 def _cpu_idle(profile: str) -> bool:
     """Whether a base profile's CPU series (all datapoints in its load's range) averages below the threshold."""
     low, high = LOADS[profile].cpu_percent
@@ -114,7 +107,7 @@ def _base_truth(vm: InstanceSpec) -> ExpectedFinding | NearMiss:
     if vm.profile in ("stopped", "protected"):
         return NearMiss(RULE, vm.region, vm.instance_id, vm.profile)
     if vm.profile in ("young", "no-data"):  # undetermined, as for idle-vms
-        return NearMiss(RULE, vm.region, vm.instance_id, "too-few-datapoints")
+        return NearMiss(RULE, vm.region, vm.instance_id, "too-few-datapoints", undetermined=True)
     if _cpu_idle(vm.profile):
         hourly = default_catalog().hourly_usd(vm.instance_type, vm.region)
         return ExpectedFinding(RULE, vm.region, vm.instance_id, vm.owner, hourly)
@@ -140,12 +133,15 @@ def seed(context: SeedContext) -> Seeded:
             truth = _base_truth(vm)
             (findings if isinstance(truth, ExpectedFinding) else near_misses).append(truth)
     launched: dict[str, dict[str, datetime]] = {region: {} for region in REGIONS}
+    instances: list[InstanceSpec] = []
     for box in NEW_BOXES:
         instance_id = _launch(context.endpoint_url, box)
         launched[box.region][instance_id] = context.now - box.age
         cpu_data[box.region].extend(metrics.datums(instance_id, metrics.BUSY, stamps, rng))
         gpu_data[box.region].extend(_gpu_datums(instance_id, box.instance_type, box.gpus, stamps, rng))
-        near_misses.append(NearMiss(IDLE_VMS, box.region, instance_id, "protected" if box.protect else "busy"))
+        instances.append(InstanceSpec(box.region, instance_id, box.instance_type, architecture(box.instance_type),
+                                      "protected" if box.protect else "busy", box.owner, box.name, box.protect,
+                                      context.now - box.age))
         if box.reason is None:
             findings.append(ExpectedFinding(RULE, box.region, instance_id, box.owner,
                                             catalog.hourly_usd(box.instance_type, box.region)))
@@ -153,6 +149,6 @@ def seed(context: SeedContext) -> Seeded:
             near_misses.append(NearMiss(RULE, box.region, instance_id, box.reason))
     for region in REGIONS:
         metrics.put(context.endpoint_url, region, cpu_data[region])
-        _put(context.endpoint_url, region, gpu_data[region])
+        metrics.put(context.endpoint_url, region, gpu_data[region], namespace=NAMESPACE)
         backdate(context.endpoint_url, region, instances=launched[region])
-    return Seeded(findings=tuple(findings), near_misses=tuple(near_misses))
+    return Seeded(findings=tuple(findings), near_misses=tuple(near_misses), instances=tuple(instances))

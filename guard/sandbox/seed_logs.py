@@ -4,9 +4,7 @@ Groups, streams and recent events are created over HTTP; ``AWS/Logs`` ``Incoming
 PutMetricData (nothing in the emulator generates it), so every group's ingestion rate is exact. A log group's
 history — months of stored bytes and its creation time — cannot be written through the API in seconds, so,
 as ``backdate`` does for creation times, it is set on the emulator's in-process objects (``_give_history``).
-Log groups are tagged with their owner, but the daemon reads their tags through ``tag:GetResources`` with the
-AWS resource type ``logs:log-group``, which the emulator files under ``logs:loggroup``: the daemon sees every
-log group's owner as unknown, and so does the ground truth (and no protected log group is seeded).
+Log groups are tagged with their owner at creation; the daemon reads the tags through ``tag:GetResources``.
 """
 
 from __future__ import annotations
@@ -18,14 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from guard.pricing import GB, HOURS_PER_MONTH, LOGS_INGEST_USD_PER_GB, LOGS_STORAGE_USD_PER_GB_MONTH
+from guard.sandbox.account import REGIONS, TEAMS
 from guard.sandbox.server import sandbox_client
 from guard.sandbox.truth import UNKNOWN_OWNER, ExpectedFinding, NearMiss, SeedContext, Seeded
 
 DEBUG_LOGGING = "debug-logging"
 LOG_RETENTION = "log-retention"
-TEAMS = {"maria.garcia": "forecasting", "sara.okafor": "forecasting", "wei.chen": "nlp",
-         "priya.patel": "vision", "tom.becker": "data-platform"}
-"""The team of ``account.TEAMS`` (a seeder does not import the base account's module)."""
 
 # The rules' defaults the ground truth is derived for.
 WINDOW = timedelta(hours=1)
@@ -33,11 +29,11 @@ MIN_HOURLY_USD = 0.50
 DEBUG_SHARE_MIN = 0.5
 MIN_STORED_GB = 1.0
 
+PERIOD = timedelta(minutes=5)
 INGEST_POINTS = 10
 """IncomingBytes datapoints per group, mid-period on the 5-minute grid, the newest in the period before the last
 complete one: a one-hour window ending at the last complete period holds them all for any scan in the ten minutes
 after seeding."""
-PERIOD = timedelta(minutes=5)
 EVENT_OVERHEAD_BYTES = 26
 """CloudWatch Logs bills an event as its UTF-8 message plus 26 bytes."""
 JUST_BELOW = 0.1
@@ -45,7 +41,7 @@ JUST_BELOW = 0.1
 OLD_EVENTS_AGE = timedelta(hours=3)
 """Events of stale streams, backfills and idle groups: before the window."""
 
-_E, _W = "us-east-1", "us-west-2"
+_E, _W = REGIONS
 DEBUG_LEVELS = ("debug", "trace")
 
 Level = str
@@ -68,7 +64,7 @@ class _Group:
     ingest_gb_per_hour: float = 0.0
     retention_days: int | None = None
     stored_gb: float | None = None
-    """Stored bytes its history adds up to; None: only the seeded events."""
+    """Stored bytes its history adds up to; None: only the seeded events (a few kB)."""
     age_days: float = 30.0
     stale_streams: int = 0
     """Streams that stopped writing before the window (scaled-down nodes): not active."""
@@ -77,11 +73,11 @@ class _Group:
     stream_prefix: str = "stream-"
 
 
-_87 = ("debug",) * 7 + ("info",)
+_SEVEN_IN_EIGHT_DEBUG = ("debug",) * 7 + ("info",)
 GROUPS = (
-    _Group(_E, "/dask/forecast-prod/workers", "maria.garcia", "dask", _87, streams=100, events_per_stream=3,
-           ingest_gb_per_hour=62.0, retention_days=14, stored_gb=1900.0, age_days=40, stale_streams=1,
-           stream_prefix="worker-"),
+    _Group(_E, "/dask/forecast-prod/workers", "maria.garcia", "dask", _SEVEN_IN_EIGHT_DEBUG, streams=100,
+           events_per_stream=3, ingest_gb_per_hour=62.0, retention_days=14, stored_gb=1900.0, age_days=40,
+           stale_streams=1, stream_prefix="worker-"),
     _Group(_E, "/ecs/feature-api", "tom.becker", "spring", ("info", "info", "warning", "trace", "info"),
            streams=4, events_per_stream=2, ingest_gb_per_hour=4.5, stored_gb=250.0, age_days=200,
            stream_prefix="ecs/feature-api/task-"),
@@ -177,9 +173,9 @@ def _lambda_text(level: Level, stamp: datetime, index: int, rng: random.Random) 
 
 
 def _lambda_json(level: Level, stamp: datetime, index: int, rng: random.Random) -> str:
-    return json.dumps({"timestamp": _iso(stamp), "level": level.upper(), "message": _text(_JSON_TEXT, level, index,
-                                                                                          rng),
-                       "logger": "handler", "requestId": f"{rng.getrandbits(64):016x}"})
+    message = _text(_JSON_TEXT, level, index, rng)
+    return json.dumps({"timestamp": _iso(stamp), "level": level.upper(), "message": message, "logger": "handler",
+                       "requestId": f"{rng.getrandbits(64):016x}"})
 
 
 def _python_json(level: Level, stamp: datetime, index: int, rng: random.Random) -> str:
@@ -225,12 +221,12 @@ def _write(context: SeedContext, group: _Group, rng: random.Random) -> _Written:
         logs.put_retention_policy(logGroupName=group.name, retentionInDays=group.retention_days)
     window_events: list[tuple[Level, str]] = []
     for stream in range(group.streams + group.stale_streams):
-        stale = stream >= group.streams
+        old = stream >= group.streams or group.backfill
         name = f"{group.stream_prefix}{stream + 1:04d}"
+        events = _events(group, stream, context.now, rng, old=old)
         logs.create_log_stream(logGroupName=group.name, logStreamName=name)
-        events = _events(group, stream, context.now, rng, old=stale or group.backfill)
-        logs.put_log_events(logGroupName=group.name, logStreamName=name, logEvents=[e for _, e in events])
-        if not (stale or group.backfill):
+        logs.put_log_events(logGroupName=group.name, logStreamName=name, logEvents=[event for _, event in events])
+        if not old:
             window_events.extend((level, event["message"]) for level, event in events)
     return _Written(group, tuple(window_events))
 
@@ -275,30 +271,30 @@ def _billed(message: str) -> int:
     return len(message.encode()) + EVENT_OVERHEAD_BYTES
 
 
-def debug_share(written: _Written) -> float:
+def _debug_share(written: _Written) -> float:
     """The share of billed bytes at DEBUG/TRACE among the group's events in the window (by the levels written)."""
     total = sum(_billed(message) for _, message in written.window_events)
     debug = sum(_billed(message) for level, message in written.window_events if level in DEBUG_LEVELS)
     return debug / total
 
 
-def ingest_bytes_per_hour(group: _Group) -> float:
+def _ingest_bytes_per_hour(group: _Group) -> float:
     """The IncomingBytes rate the window's datapoints add up to."""
     return sum([_point_bytes(group)] * INGEST_POINTS) / (WINDOW / timedelta(hours=1))
 
 
 def _debug_logging_truth(written: _Written) -> ExpectedFinding | NearMiss:
     group = written.group
-    hourly = ingest_bytes_per_hour(group) / GB * LOGS_INGEST_USD_PER_GB
+    hourly = _ingest_bytes_per_hour(group) / GB * LOGS_INGEST_USD_PER_GB
     if hourly < MIN_HOURLY_USD:
         return NearMiss(DEBUG_LOGGING, group.region, group.name, "cheap" if hourly else "not-ingesting")
     if not written.window_events:
-        return NearMiss(DEBUG_LOGGING, group.region, group.name, "no-sample")
-    share = debug_share(written)
+        return NearMiss(DEBUG_LOGGING, group.region, group.name, "no-sample", undetermined=True)
+    share = _debug_share(written)
     if share < DEBUG_SHARE_MIN:
         reason = "debug-share-just-below" if share >= DEBUG_SHARE_MIN - JUST_BELOW else "mostly-info"
         return NearMiss(DEBUG_LOGGING, group.region, group.name, reason)
-    return ExpectedFinding(DEBUG_LOGGING, group.region, group.name, UNKNOWN_OWNER, hourly * share)
+    return ExpectedFinding(DEBUG_LOGGING, group.region, group.name, group.owner or UNKNOWN_OWNER, hourly * share)
 
 
 def _log_retention_truth(group: _Group) -> ExpectedFinding | NearMiss:
@@ -307,14 +303,14 @@ def _log_retention_truth(group: _Group) -> ExpectedFinding | NearMiss:
     stored_bytes = round(group.stored_gb * GB) if group.stored_gb is not None else 0
     if stored_bytes / GB <= MIN_STORED_GB:
         return NearMiss(LOG_RETENTION, group.region, group.name, "below-threshold")
-    return ExpectedFinding(LOG_RETENTION, group.region, group.name, UNKNOWN_OWNER,
+    return ExpectedFinding(LOG_RETENTION, group.region, group.name, group.owner or UNKNOWN_OWNER,
                            stored_bytes / GB * LOGS_STORAGE_USD_PER_GB_MONTH / HOURS_PER_MONTH)
 
 
 def seed(context: SeedContext) -> Seeded:
     rng = random.Random("guard.sandbox.seed_logs")
     written = [_write(context, group, rng) for group in GROUPS]
-    for region in (_E, _W):
+    for region in REGIONS:
         _ingestion(context, region)
         _give_history(context, region)
     truths = [truth for w in written for truth in (_debug_logging_truth(w), _log_retention_truth(w.group))]

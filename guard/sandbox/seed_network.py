@@ -13,17 +13,17 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from guard.pricing import GB, NAT_GATEWAY_USD_PER_GB, NAT_GATEWAY_USD_PER_HOUR, PUBLIC_IPV4_USD_PER_HOUR
+from guard.sandbox import metrics
 from guard.sandbox.account import PROTECT_TAG, REGIONS, TEAMS
 from guard.sandbox.backdate import backdate
-from guard.sandbox.metrics import MAX_DATUMS_PER_CALL
 from guard.sandbox.server import sandbox_client
 from guard.sandbox.truth import UNKNOWN_OWNER, ExpectedFinding, NearMiss, SeedContext, Seeded
 
 UNATTACHED_EIPS = "unattached-eips"
 IDLE_NAT_GATEWAYS = "idle-nat-gateways"
 NAT_NAMESPACE = "AWS/NATGateway"
-SERIES_SPAN = timedelta(hours=24)
-"""Hourly sums over the last day: the rule's default window."""
+SERIES_SPAN = timedelta(hours=26)
+"""Hourly sums far enough back to fill the rule's default 24-hour window, which ends at the last complete hour."""
 
 EipKind = Literal["unattached", "protected", "on-instance"]
 """Only ``unattached`` addresses are findings; the NAT gateways' own addresses are near misses ``on-nat-gateway``."""
@@ -107,9 +107,10 @@ def _hourly_bytes(gb_per_day: float) -> tuple[int, int]:
 
 
 def seed(context: SeedContext) -> Seeded:
+    """Allocate both regions' addresses and NAT gateways; return what the two rules must and must not report."""
     findings: list[ExpectedFinding] = []
     near_misses: list[NearMiss] = []
-    first_instance = {}
+    first_instance: dict[tuple[str, str], str] = {}
     for vm in context.instances:
         if vm.name:
             first_instance.setdefault((vm.region, vm.name), vm.instance_id)
@@ -154,7 +155,7 @@ def _seed_nat_gateways(context: SeedContext, region: str) -> tuple[list[Expected
         created_at = context.now - nat.age
         created[nat_id] = created_at
         if nat.gb_per_day is not None:
-            # one sum per hour, mid-hour, from the newest back to the day's start or the gateway's creation
+            # one sum an hour, from half an hour ago back over the span or to the gateway's creation
             stamps = [newest - timedelta(hours=k) for k in range(int(SERIES_SPAN / timedelta(hours=1)))
                       if newest - timedelta(hours=k) > created_at]
             datums.extend(_nat_datums(nat_id, nat.gb_per_day, stamps))
@@ -163,10 +164,9 @@ def _seed_nat_gateways(context: SeedContext, region: str) -> tuple[list[Expected
             waste = NAT_GATEWAY_USD_PER_HOUR + (outbound + inbound) / GB * NAT_GATEWAY_USD_PER_GB
             findings.append(ExpectedFinding(IDLE_NAT_GATEWAYS, region, nat_id, nat.owner or UNKNOWN_OWNER, waste))
         else:
-            near_misses.append(NearMiss(IDLE_NAT_GATEWAYS, region, nat_id, nat.kind))
-    cloudwatch = sandbox_client(context.endpoint_url, "cloudwatch", region)
-    for start in range(0, len(datums), MAX_DATUMS_PER_CALL):
-        cloudwatch.put_metric_data(Namespace=NAT_NAMESPACE, MetricData=datums[start:start + MAX_DATUMS_PER_CALL])
+            near_misses.append(NearMiss(IDLE_NAT_GATEWAYS, region, nat_id, nat.kind,
+                                        undetermined=nat.kind == "no-data"))
+    metrics.put(context.endpoint_url, region, datums, namespace=NAT_NAMESPACE)
     backdate(context.endpoint_url, region, nat_gateways=created)
     return findings, near_misses
 

@@ -41,7 +41,6 @@ IN_WINDOW = [timedelta(minutes=5 * k) for k in range(2, 11)]
 the window of a scan shortly after, however its end is aligned."""
 EARLIER = [timedelta(hours=2) + offset for offset in IN_WINDOW]
 """A burst two hours ago: listed by ListMetrics (last 3h) but outside the window."""
-MAX_DATUMS_PER_CALL = 1000
 
 Requests = Mapping[str, int]
 """Requests in the hour before seeding, by AWS/S3 metric name."""
@@ -158,12 +157,6 @@ def _enable_request_metrics(s3: BaseClient, spec: _BucketSpec) -> None:
                 raise
 
 
-def _put(endpoint_url: str, region: str, data: list[dict]) -> None:
-    cloudwatch = sandbox_client(endpoint_url, "cloudwatch", region)
-    for start in range(0, len(data), MAX_DATUMS_PER_CALL):
-        cloudwatch.put_metric_data(Namespace="AWS/S3", MetricData=data[start:start + MAX_DATUMS_PER_CALL])
-
-
 def _truth(spec: _BucketSpec) -> ExpectedFinding | NearMiss:
     owner = spec.owner or UNKNOWN_OWNER
     if spec.protect:
@@ -185,7 +178,7 @@ def seed(context: SeedContext) -> Seeded:
         _create(context.endpoint_url, spec)
         data[spec.region].extend(_datums(spec, context.now, rng))
     for region, datums in data.items():
-        _put(context.endpoint_url, region, datums)
+        metrics.put(context.endpoint_url, region, datums, namespace="AWS/S3")
     truths = [_truth(spec) for spec in BUCKETS]
     return Seeded(findings=tuple(t for t in truths if isinstance(t, ExpectedFinding)),
                   near_misses=tuple(t for t in truths if isinstance(t, NearMiss)))

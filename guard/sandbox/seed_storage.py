@@ -93,6 +93,7 @@ def _tags(owner: str | None, name: str | None, protect: bool = False) -> list[di
 
 
 def seed(context: SeedContext) -> Seeded:
+    """Make both regions' snapshots and backdate the stopped instances; return what the two rules must report."""
     findings: list[ExpectedFinding] = []
     near_misses: list[NearMiss] = []
     for region in REGIONS:

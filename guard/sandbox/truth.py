@@ -77,15 +77,12 @@ class NearMiss:
     region: str
     resource_id: str
     reason: str
+    undetermined: bool = False
+    """The rule reports the resource as undetermined (too few datapoints) rather than judged."""
 
     @property
     def key(self) -> Key:
         return (self.rule, self.region, self.resource_id)
-
-    @property
-    def undetermined(self) -> bool:
-        """The rule reports the resource as undetermined (too few datapoints) rather than judged."""
-        return self.rule == IDLE_VMS and self.reason in _UNDETERMINED
 
 
 @dataclass(frozen=True)
@@ -105,6 +102,8 @@ class Seeded:
 
     findings: tuple[ExpectedFinding, ...] = ()
     near_misses: tuple[NearMiss, ...] = ()
+    instances: tuple[InstanceSpec, ...] = ()
+    """Instances the seeder launched: idle-vms's truth about them follows from their profile, as for the base."""
 
 
 @dataclass(frozen=True)
@@ -125,12 +124,14 @@ class GroundTruth:
         for seeded in extra:
             findings.extend(seeded.findings)
             near_misses.extend(seeded.near_misses)
+            instances = (*instances, *seeded.instances)
         for vm in instances:
             if vm.profile == "idle":
                 findings.append(ExpectedFinding(IDLE_VMS, vm.region, vm.instance_id, vm.owner,
                                                 prices.hourly_usd(vm.instance_type, vm.region)))
             else:
-                near_misses.append(NearMiss(IDLE_VMS, vm.region, vm.instance_id, vm.profile))
+                near_misses.append(NearMiss(IDLE_VMS, vm.region, vm.instance_id, vm.profile,
+                                            undetermined=vm.profile in _UNDETERMINED))
         for disk in volumes:
             if disk.kind == "detached":
                 findings.append(ExpectedFinding(DETACHED_VOLUMES, disk.region, disk.volume_id, disk.owner,

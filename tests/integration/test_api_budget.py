@@ -10,10 +10,15 @@ from guard.collectors.volumes import PAGE_SIZE as VOLUME_PAGE
 from guard.sandbox import SandboxServer, seed_fleet
 
 
-def test_1000_instances_and_100_volumes_cost_at_most_10_calls(sandbox: SandboxServer, make_scanner) -> None:
+def only(registry, *rule_ids: str) -> dict[str, dict[str, bool]]:
+    return {rule_id: {"enabled": rule_id in rule_ids} for rule_id in registry.rules}
+
+
+def test_1000_instances_and_100_volumes_cost_at_most_10_calls(sandbox: SandboxServer, make_scanner,
+                                                                registry) -> None:
     sandbox.reset()
     seed_fleet(sandbox.endpoint_url, "us-east-1", instances=1000, volumes=100)
-    scanner = make_scanner(regions=["us-east-1"])
+    scanner = make_scanner(regions=["us-east-1"], rules=only(registry, "idle-vms", "detached-volumes"))
     report = scanner.scan("us-east-1")
     assert report.status == "ok", report.errors
     instances, volumes = report.snapshot.instances, report.snapshot.volumes
@@ -36,10 +41,11 @@ def test_1000_instances_and_100_volumes_cost_at_most_10_calls(sandbox: SandboxSe
     assert sum(again.api_calls.values()) == sum(calls.values()) - 1
 
 
-def test_series_are_fetched_again_only_every_metrics_refresh(sandbox: SandboxServer, make_scanner) -> None:
+def test_series_are_fetched_again_only_every_metrics_refresh(sandbox: SandboxServer, make_scanner,
+                                                             registry) -> None:
     sandbox.reset()
     fleet = seed_fleet(sandbox.endpoint_url, "us-east-1", instances=20, volumes=0)
-    scanner = make_scanner(regions=["us-east-1"], metrics_refresh="5 minutes")
+    scanner = make_scanner(regions=["us-east-1"], metrics_refresh="5 minutes", rules=only(registry, "idle-vms"))
     first = scanner.scan("us-east-1")
     assert first.api_calls["cloudwatch:GetMetricData"] == 1
     second = scanner.scan("us-east-1")
@@ -52,3 +58,37 @@ def test_series_are_fetched_again_only_every_metrics_refresh(sandbox: SandboxSer
     assert len(new_ids) == 1 and third.api_calls["cloudwatch:GetMetricData"] == 1
     fetched_for = {dict(q.dimensions)["InstanceId"] for q in third.snapshot.metrics}
     assert fetched_for == {i.id for i in third.snapshot.instances}
+
+
+def test_every_rule_enabled_costs_pages_and_queries_not_resources(team_account, make_scanner) -> None:
+    """The exact call budget per operation of a full scan of the team account, derived from what it holds."""
+    scanner = make_scanner(regions=["us-east-1"])
+    report = scanner.scan("us-east-1")
+    assert report.status == "ok", report.errors
+    snap = report.snapshot
+    windows: dict[tuple[int, int], int] = {}
+    for query in snap.metrics:
+        windows[(query.window_seconds, query.period_seconds)] = windows.get(
+            (query.window_seconds, query.period_seconds), 0) + 1
+    sampled = len(snap.log_samples)
+    assert 0 < sampled <= 20
+    expected = {
+        "sts:GetCallerIdentity": 1,
+        "ec2:DescribeInstances": math.ceil(len(snap.instances) / INSTANCE_PAGE),
+        "ec2:DescribeVolumes": math.ceil(len(snap.volumes) / VOLUME_PAGE),
+        "ec2:DescribeAddresses": 1,
+        "ec2:DescribeNatGateways": 1,
+        "ec2:DescribeSnapshots": 1,
+        "ec2:DescribeImages": 1,
+        "cloudwatch-logs:DescribeLogGroups": math.ceil(len(snap.log_groups) / 50),
+        "resource-groups-tagging-api:GetResources": 2,  # log groups and buckets, one page each
+        "s3:ListBuckets": 1,
+        "cloudwatch:ListMetrics": len(snap.metric_listings),  # one page per (namespace, metric) listed
+        "cloudwatch:GetMetricData": sum(math.ceil(n / MAX_QUERIES_PER_CALL) for n in windows.values()),
+        "cloudwatch-logs:FilterLogEvents": sampled,  # one bounded page per expensive log group
+        "cloudwatch-logs:DescribeLogStreams": report.api_calls["cloudwatch-logs:DescribeLogStreams"],
+    }
+    assert report.api_calls == expected
+    # Active streams are counted 50 a page, capped: pages ≤ ceil(streams / 50) per sampled group, never per event.
+    pages = sum(math.ceil((s.active_streams + 1) / 50) for s in snap.log_samples.values())
+    assert sampled <= report.api_calls["cloudwatch-logs:DescribeLogStreams"] <= pages

@@ -22,6 +22,7 @@ REQUIRED_METRICS = {
     "guard_findings", "guard_waste_hourly_usd", "guard_running_hourly_usd", "guard_scan_duration_seconds",
     "guard_last_scan_success_timestamp_seconds", "guard_scan_errors", "guard_aws_api_calls",
     "guard_findings_price_unknown", "guard_scan_collector_success", "guard_scan_rule_success",
+    "guard_waste_unique_hourly_usd", "guard_running_instances", "guard_scans",
 }
 
 
@@ -90,10 +91,18 @@ def test_metrics_exposition(daemon: str, team_account: GroundTruth) -> None:
     waste = sum(s.value for s in families["guard_waste_hourly_usd"].samples)
     expected = sum(e.waste_hourly_usd or 0 for e in team_account.expected().values())
     assert waste == pytest.approx(expected, rel=1e-9)
+    unique = sum(s.value for s in families["guard_waste_unique_hourly_usd"].samples)
+    largest: dict[tuple[str, str], float] = {}
+    for (_, region, resource_id), e in team_account.expected().items():
+        largest[(region, resource_id)] = max(largest.get((region, resource_id), 0.0), e.waste_hourly_usd or 0.0)
+    assert unique == pytest.approx(sum(largest.values()), rel=1e-9)
     findings = sum(s.value for s in families["guard_findings"].samples)
     assert findings == len(team_account.expected())
+    infos = {key for key, e in team_account.expected().items() if e.waste_hourly_usd is None
+             and any(s.labels["rule"] == key[0] and s.labels["severity"] == "info"
+                     for s in families["guard_findings"].samples)}
     assert sum(s.value for s in families["guard_findings_price_unknown"].samples) == sum(
-        1 for e in team_account.expected().values() if e.waste_hourly_usd is None)
+        1 for key, e in team_account.expected().items() if e.waste_hourly_usd is None and key not in infos)
     running = families["guard_running_hourly_usd"].samples
     assert running and all(s.value >= 0 for s in running)
     assert {s.labels["region"] for s in families["guard_last_scan_success_timestamp_seconds"].samples} == {
@@ -137,7 +146,8 @@ def test_real_prometheus_scrapes_the_daemon(daemon: str, team_account: GroundTru
         expected = sum(e.waste_hourly_usd or 0 for e in team_account.expected().values())
         assert float(total[0]["value"][1]) == pytest.approx(expected, rel=1e-6)
         by_rule = {r["metric"]["rule"]: float(r["value"][1]) for r in query("sum by (rule) (guard_findings)")}
-        assert by_rule == {rule: float(len(team_account.expected(rule))) for rule in ("idle-vms", "detached-volumes")}
+        rules = {rule for rule, _, _ in team_account.expected()}
+        assert by_rule == {rule: float(len(team_account.expected(rule))) for rule in rules}
     finally:
         prom.terminate()
         prom.wait(timeout=30)

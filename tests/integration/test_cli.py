@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from guard.rule import discover_rules
 from guard.sandbox import GroundTruth, SandboxServer
 
 CONTRACT = {"rule", "resource_id", "region", "owner", "severity", "waste_hourly_usd", "evidence", "state",
@@ -91,13 +92,13 @@ def test_demo_once_prints_the_sandbox_findings_with_dollars(tmp_path: Path) -> N
     result = guard("demo", "--once", "--format", "json", cwd=tmp_path, timeout=180)
     assert result.returncode == 0, result.stderr
     findings = json.loads(result.stdout)
-    assert {f["rule"] for f in findings} == {"idle-vms", "detached-volumes"}
-    assert any(f["waste_hourly_usd"] for f in findings)
+    assert {f["rule"] for f in findings} == set(discover_rules().rules)  # every rule finds its seeded waste
+    assert sum(f["waste_hourly_usd"] or 0 for f in findings) > 10  # dollars per hour, from list prices
     assert "matches the sandbox's ground truth" in result.stderr
 
 
 def test_demo_once_table(tmp_path: Path) -> None:
     result = guard("demo", "--once", cwd=tmp_path, timeout=180, env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr
-    assert "idle-vms" in result.stdout and "detached-volumes" in result.stdout
+    assert all(rule in result.stdout for rule in discover_rules().rules)
     assert "Total waste: $" in result.stdout and "/month" in result.stdout

@@ -34,6 +34,7 @@ class FindingOut(BaseModel):
     last_seen: str
     resolved_at: str | None
     suggested_action: str
+    billing: str
 
 
 class ScanOut(BaseModel):

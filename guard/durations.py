@@ -7,7 +7,7 @@ import re
 from datetime import timedelta
 from typing import Annotated
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer
 
 _UNITS = {
     "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
@@ -74,3 +74,20 @@ Duration = Annotated[
     PlainSerializer(format_duration, return_type=str),
 ]
 """A pydantic field type that accepts human durations and serialises back to them."""
+
+
+def _whole_minutes(value: timedelta) -> timedelta:
+    seconds = value.total_seconds()
+    if seconds < 60 or seconds % 60:
+        raise ValueError("AWS publishes these metrics per minute at best: use a multiple of 60s, e.g. '5 minutes'")
+    return value
+
+
+Period = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    AfterValidator(_whole_minutes),
+    PlainSerializer(format_duration, return_type=str),
+]
+"""A CloudWatch period for AWS-published metrics: whole minutes (sub-minute periods only exist for custom
+high-resolution metrics, and would make every series look incomplete)."""

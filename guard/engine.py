@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from types import MappingProxyType
 
@@ -18,7 +18,16 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from guard.aws import Aws
 from guard.collectors import RESOURCE_COLLECTORS, collect_listings, collect_log_samples, collect_metrics
-from guard.model import SNAPSHOT_PARTS, Evaluation, Finding, MetricQuery, Series, Snapshot
+from guard.model import (
+    SNAPSHOT_PARTS,
+    Evaluation,
+    Finding,
+    LogSample,
+    LogSampleRequest,
+    MetricQuery,
+    Series,
+    Snapshot,
+)
 from guard.pricing import PriceCatalog, default_catalog
 from guard.rule import Context, Registry, Rule
 from guard.settings import Settings
@@ -74,6 +83,7 @@ class Scanner:
         self.prices = prices or default_catalog()
         self.on_scan = on_scan
         self._metric_cache: dict[str, tuple[datetime, dict[MetricQuery, Series]]] = {}
+        self._sample_cache: dict[str, tuple[datetime, dict[LogSampleRequest, LogSample]]] = {}
         self.rules: list[Rule] = [
             registry.rules[rule_id](settings.rule_configs[rule_id]) for rule_id in settings.enabled_rules()
         ]
@@ -94,10 +104,15 @@ class Scanner:
             errors.append({"source": "account", "error": describe_aws_error(exc)})
             return self._finish(region, "unknown", started, clock, calls_before, errors, {}, [], None)
 
-        snapshot = self._snapshot(account_id, region, started, errors, progress)
+        broken: dict[str, str] = {}
+        snapshot = self._snapshot(account_id, region, started, errors, broken, progress)
         evaluations: dict[str, Evaluation] = {}
         skipped: list[str] = []
         for rule in self.rules:
+            if rule.id in broken:
+                skipped.append(rule.id)
+                errors.append({"source": f"rule:{rule.id}", "error": broken[rule.id]})
+                continue
             missing = sorted(part for part in rule.needs if not snapshot.known(part))
             if missing:
                 skipped.append(rule.id)
@@ -110,6 +125,8 @@ class Scanner:
                 skipped.append(rule.id)
                 errors.append({"source": f"rule:{rule.id}", "error": f"{type(exc).__name__}: {exc}"})
                 continue
+            billing = rule.billing or rule.id
+            evaluation = replace(evaluation, findings=tuple(replace(f, billing=billing) for f in evaluation.findings))
             evaluations[rule.id] = evaluation
             self.store.reconcile(account_id, region, rule.id, evaluation.findings, evaluation.undetermined,
                                  now=started)
@@ -117,7 +134,7 @@ class Scanner:
         return self._finish(region, account_id, started, clock, calls_before, errors, evaluations, skipped, snapshot)
 
     def _snapshot(self, account_id: str, region: str, now: datetime, errors: list[dict[str, str]],
-                  progress: Progress) -> Snapshot:
+                  broken: dict[str, str], progress: Progress) -> Snapshot:
         """Resources first, then what the rules derive from them: metric listings, series, log samples."""
         needs = set().union(*(rule.needs for rule in self.rules)) if self.rules else set()
         parts: dict[str, object] = {}
@@ -134,20 +151,29 @@ class Scanner:
                 progress(region, f"listing {part.replace('_', ' ')}")
                 fetch(part, lambda collector=collector: collector(self.aws, region))
 
-        def asking(part: str) -> list[Rule]:
-            """Rules that need ``part`` and whose other inputs (fetched so far) are known."""
+        def requests(part: str, ask: Callable[[Rule, Snapshot], Iterable]) -> list:
+            """What the rules that need ``part`` (and whose inputs so far are known) ask for; a rule that
+            raises while asking is marked broken and skipped, never the whole scan."""
             snapshot = self._partial(account_id, region, now, parts)
-            return [rule for rule in self.rules if part in rule.needs and all(
-                snapshot.known(p) for p in rule.needs if p in parts or p in failures)]
+            asked = []
+            for rule in self.rules:
+                if rule.id in broken or part not in rule.needs or not all(
+                        snapshot.known(p) for p in rule.needs if p in parts or p in failures):
+                    continue
+                try:
+                    asked.extend(ask(rule, snapshot))
+                except Exception as exc:
+                    log.exception("rule %s failed while asking for %s in %s", rule.id, part, region)
+                    broken[rule.id] = f"{type(exc).__name__} while asking for {part}: {exc}"
+            return asked
 
         if "metric_listings" in needs:
-            wanted = [pair for rule in asking("metric_listings") for pair in rule.listings]
+            wanted = requests("metric_listings", lambda rule, _: rule.listings)
             progress(region, "listing available metrics")
             fetch("metric_listings",
                   lambda: MappingProxyType(collect_listings(self.aws, region, wanted)))
         if "metrics" in needs:
-            partial = self._partial(account_id, region, now, parts)
-            queries = [q for rule in asking("metrics") for q in rule.metric_queries(partial, self.context)]
+            queries = requests("metrics", lambda rule, snapshot: rule.metric_queries(snapshot, self.context))
             total, done = len(set(queries)), 0
 
             def advance(count: int) -> None:
@@ -158,14 +184,25 @@ class Scanner:
             progress(region, f"fetching metrics 0/{total}")
             fetch("metrics", lambda: MappingProxyType(self._metrics(region, queries, now, advance)))
         if "log_samples" in needs:
-            partial = self._partial(account_id, region, now, parts)
-            requests = [r for rule in asking("log_samples") for r in rule.log_sample_requests(partial, self.context)]
-            progress(region, f"sampling {len(set(requests))} log groups")
-            fetch("log_samples", lambda: MappingProxyType(collect_log_samples(self.aws, region, requests, now)))
+            asked = requests("log_samples", lambda rule, snapshot: rule.log_sample_requests(snapshot, self.context))
+            progress(region, f"sampling {len(set(asked))} log groups")
+            fetch("log_samples", lambda: MappingProxyType(self._log_samples(region, asked, now)))
         for part, error in failures.items():
             errors.append({"source": f"collector:{part}", "error": error})
         return Snapshot(account_id=account_id, region=region, taken_at=now,
                         failures=MappingProxyType(failures), **parts)
+
+    def _log_samples(self, region: str, requests: list[LogSampleRequest], now: datetime) -> dict[str, LogSample]:
+        """Log samples, read again only every ``metrics_refresh`` per log group (each read is several calls)."""
+        cached_at, cache = self._sample_cache.get(region, (None, {}))
+        if cached_at is None or now - cached_at >= self.settings.metrics_refresh:
+            cached_at, cache = now, {}
+        missing = [r for r in dict.fromkeys(requests) if r not in cache]
+        if missing:
+            cache = cache | collect_log_samples(self.aws, region, missing, now)
+        wanted = set(requests)
+        self._sample_cache[region] = (cached_at, {r: s for r, s in cache.items() if r in wanted})
+        return {r.log_group: cache[r] for r in wanted if r in cache}
 
     def _metrics(self, region: str, queries: list[MetricQuery], now: datetime,
                  advance: Callable[[int], None]) -> dict[MetricQuery, Series]:

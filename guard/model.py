@@ -216,6 +216,8 @@ class Finding:
     summary: str
     suggested_action: str
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    billing: str = ""
+    """What the waste pays for (e.g. "ec2-instance-hours"): totals count a resource once per billing line."""
 
     @property
     def key(self) -> tuple[str, str, str]:

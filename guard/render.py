@@ -16,11 +16,11 @@ SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "dim", "info": 
 
 
 def unique_waste_hourly_usd(findings: Iterable[dict[str, Any]]) -> float:
-    """Total known waste, counting each resource once (at its largest figure) when several rules report it."""
-    largest: dict[tuple[str, str], float] = {}
+    """Total known waste, counting a resource's bill once (at its largest figure) when several rules report it."""
+    largest: dict[tuple[str, str, str], float] = {}
     for finding in findings:
         if finding["waste_hourly_usd"] is not None:
-            key = (finding["region"], finding["resource_id"])
+            key = (finding["region"], finding["resource_id"], finding.get("billing", ""))
             largest[key] = max(largest.get(key, 0.0), finding["waste_hourly_usd"])
     return sum(largest.values())
 
@@ -67,7 +67,7 @@ def print_findings(console: Console, findings: list[dict[str, Any]], title: str 
             unknown += hourly is None and row["severity"] != "info"
         console.print(table)
     line = (f"[bold]Total waste: {_money(total)}/hour, {_money(total * HOURS_PER_MONTH, 2)}/month[/bold] "
-            f"across {len(findings)} findings (a resource found by two rules counts once)")
+            f"across {len(findings)} findings (a bill found by two rules counts once)")
     if unknown:
         line += f" ({unknown} with price unknown, not counted)"
     console.print(line)

@@ -62,6 +62,8 @@ class Rule:
     suggested_action: ClassVar[str]
     iam_permissions: ClassVar[tuple[str, ...]]
     Config: ClassVar[type[RuleConfig]] = RuleConfig
+    billing: ClassVar[str | None] = None
+    """The bill the waste is on; rules that price the same bill of a resource share it (default: the rule id)."""
     listings: ClassVar[tuple[tuple[str, str], ...]] = ()
     """(namespace, metric) pairs whose available dimension sets the rule needs (part ``metric_listings``)."""
 

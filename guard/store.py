@@ -68,6 +68,7 @@ class FindingRow(Base):
     waste_hourly_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
     summary: Mapped[str] = mapped_column(Text)
     suggested_action: Mapped[str] = mapped_column(String(64))
+    billing: Mapped[str] = mapped_column(String(64), default="")
     evidence: Mapped[dict] = mapped_column(JSON)
     state: Mapped[str] = mapped_column(String(16), default="open")
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -92,6 +93,7 @@ class FindingRow(Base):
             "last_seen": self.last_seen.isoformat(),
             "resolved_at": self.resolved_at.isoformat() if self.resolved_at else None,
             "suggested_action": self.suggested_action,
+            "billing": self.billing,
         }
 
 
@@ -263,12 +265,12 @@ class Store:
             return list(session.scalars(select(ScanRow).where(ScanRow.id.in_(newest))).all())
 
     def open_resource_waste(self) -> list[tuple[str, str, str, float]]:
-        """(region, owner, resource id, largest known $/h) of resources with open findings, each resource once."""
+        """(region, owner, resource id, $/h) of open findings, once per resource and billing line (the largest)."""
         query = (
             select(FindingRow.region, FindingRow.owner, FindingRow.resource_id,
                    func.max(FindingRow.waste_hourly_usd))
             .where(FindingRow.state == "open", FindingRow.waste_hourly_usd.is_not(None))
-            .group_by(FindingRow.region, FindingRow.owner, FindingRow.resource_id)
+            .group_by(FindingRow.region, FindingRow.owner, FindingRow.resource_id, FindingRow.billing)
         )
         query = self._scoped(query, FindingRow.rule, FindingRow.region)
         with self.session() as session:
@@ -297,6 +299,7 @@ def _refresh(row: FindingRow, finding: Finding, now: datetime) -> None:
     row.waste_hourly_usd = finding.waste_hourly_usd
     row.summary = finding.summary
     row.suggested_action = finding.suggested_action
+    row.billing = finding.billing
     row.evidence = _jsonable(finding.evidence)
     row.last_seen = now
 

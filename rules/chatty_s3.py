@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from guard.durations import Duration, format_duration
+from guard.durations import Duration, Period, format_duration
 from guard.model import Bucket, Evaluation, Finding, MetricQuery, Severity, Snapshot
 from guard.pricing import HOURS_PER_MONTH, S3_TIER1_USD_PER_1000, S3_TIER2_USD_PER_1000
 from guard.rule import Context, Rule, RuleConfig
@@ -141,17 +141,9 @@ def hourly_usd(record: BucketRequests) -> float:
 
 class ChattyS3Config(RuleConfig):
     window: Duration = Field(timedelta(hours=1), description="how far back requests are counted")
-    period: Duration = Field(timedelta(minutes=5), description="CloudWatch period the request counts are summed by")
+    period: Period = Field(timedelta(minutes=5), description="CloudWatch period the request counts are summed by")
     min_hourly_usd: float = Field(0.10, ge=0, description="request cost per hour above which a bucket is reported")
     high_hourly_usd: float = Field(1.0, ge=0, description="request cost per hour from which a finding is high severity")
-
-    @field_validator("period")
-    @classmethod
-    def _whole_minutes(cls, value: timedelta) -> timedelta:
-        seconds = value.total_seconds()
-        if seconds < 60 or seconds % 60:
-            raise ValueError("S3 request metrics have 1-minute resolution: use a multiple of 60s, e.g. '5 minutes'")
-        return value
 
     @model_validator(mode="after")
     def _window_holds_a_period(self) -> ChattyS3Config:

@@ -8,9 +8,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from guard.durations import Duration, format_duration
+from guard.durations import Duration, Period, format_duration
 from guard.model import Evaluation, Finding, LogGroup, LogSample, LogSampleRequest, MetricQuery, Severity, Snapshot
 from guard.pricing import GB, HOURS_PER_MONTH, LOGS_INGEST_USD_PER_GB
 from guard.rule import Context, Rule, RuleConfig
@@ -98,7 +98,7 @@ def debug_share(messages: Sequence[str]) -> DebugShare:
 
 class DebugLoggingConfig(RuleConfig):
     window: Duration = Field(timedelta(hours=1), description="ingestion is averaged, and events sampled, over this")
-    period: Duration = Field(timedelta(minutes=5), description="CloudWatch period of the IncomingBytes sums")
+    period: Period = Field(timedelta(minutes=5), description="CloudWatch period of the IncomingBytes sums")
     min_hourly_usd: float = Field(0.50, ge=0, description="log groups ingesting at least this $/hour at the $0.50/GB "
                                   "list price (1 GB/hour) are sampled")
     debug_share_min: float = Field(0.5, gt=0, le=1, description="share of ingested bytes at DEBUG/TRACE from which "
@@ -110,14 +110,6 @@ class DebugLoggingConfig(RuleConfig):
     max_stream_pages: int = Field(20, ge=1, description="pages of 50 streams read to count active streams")
     high_streams: int = Field(100, ge=1, description="active streams (≈ nodes) from which a finding is high severity")
     medium_streams: int = Field(10, ge=1, description="active streams from which a finding is medium severity")
-
-    @field_validator("period")
-    @classmethod
-    def _cloudwatch_period(cls, value: timedelta) -> timedelta:
-        seconds = value.total_seconds()
-        if seconds not in (1, 5, 10, 30) and (seconds < 60 or seconds % 60):
-            raise ValueError("CloudWatch periods are 1s, 5s, 10s, 30s or a multiple of 60s, e.g. '5 minutes'")
-        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> DebugLoggingConfig:

@@ -6,9 +6,9 @@ import math
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from guard.durations import Duration, format_duration
+from guard.durations import Duration, Period, format_duration
 from guard.model import Evaluation, Finding, Instance, MetricQuery, Severity, Snapshot
 from guard.pricing import HOURS_PER_MONTH
 from guard.rule import Context, Rule, RuleConfig
@@ -21,20 +21,12 @@ DimensionSet = tuple[tuple[str, str], ...]
 
 class IdleGPUConfig(RuleConfig):
     window: Duration = Field(timedelta(hours=1), description="how far back utilisation is averaged")
-    period: Duration = Field(timedelta(minutes=5), description="CloudWatch period (5 min = basic monitoring)")
+    period: Period = Field(timedelta(minutes=5), description="CloudWatch period (5 min = basic monitoring)")
     gpu_percent_max: float = Field(10.0, ge=0, le=100,
                                    description="idle when every GPU's average utilisation is below this")
     cpu_percent_max: float = Field(5.0, ge=0, le=100,
                                    description="without GPU metrics: idle when average CPU is below this")
     min_coverage: float = Field(0.8, gt=0, le=1, description="share of the window's datapoints required per series")
-
-    @field_validator("period")
-    @classmethod
-    def _cloudwatch_period(cls, value: timedelta) -> timedelta:
-        seconds = value.total_seconds()
-        if seconds not in (1, 5, 10, 30) and (seconds < 60 or seconds % 60):
-            raise ValueError("CloudWatch periods are 1s, 5s, 10s, 30s or a multiple of 60s, e.g. '5 minutes'")
-        return value
 
     @model_validator(mode="after")
     def _window_holds_a_period(self) -> IdleGPUConfig:
@@ -66,6 +58,7 @@ class IdleGPU(Rule):
 
     id = "idle-gpu"
     resource_type = "instance"
+    billing = "ec2-instance-hours"
     needs = frozenset({"instances", "metric_listings", "metrics"})
     listings = (GPU_METRIC,)
     inputs = ("EC2 instances with GPUs (price catalog); CloudWatch CWAgent nvidia_smi_utilization_gpu (Average) per "

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from guard.durations import Duration, format_duration
+from guard.durations import Duration, Period, format_duration
 from guard.model import Evaluation, Finding, MetricQuery, NatGateway, Severity, Snapshot
 from guard.pricing import GB, HOURS_PER_MONTH, NAT_GATEWAY_USD_PER_GB, NAT_GATEWAY_USD_PER_HOUR
 from guard.rule import Context, Rule, RuleConfig
@@ -21,19 +21,11 @@ metrics are the same bytes leaving the other side, so adding them would count ea
 class IdleNatGatewaysConfig(RuleConfig):
     window: Duration = Field(timedelta(hours=24), description="how far back traffic is summed: a full day covers "
                              "nightly jobs and every time zone's working hours")
-    period: Duration = Field(timedelta(hours=1), description="CloudWatch period of the sums (hourly: 24 points a day)")
+    period: Period = Field(timedelta(hours=1), description="CloudWatch period of the sums (hourly: 24 points a day)")
     max_gb_per_day: float = Field(1.0, ge=0, description="processed GB/day below which a gateway is idle "
                                   "(1 GB is $0.045 of processing against $1.08 a day of gateway hours)")
     min_age: Duration = Field(timedelta(hours=24), description="gateways younger than this are not judged")
     min_coverage: float = Field(0.8, gt=0, le=1, description="share of the window's datapoints required per series")
-
-    @field_validator("period")
-    @classmethod
-    def _cloudwatch_period(cls, value: timedelta) -> timedelta:
-        seconds = value.total_seconds()
-        if seconds < 60 or seconds % 60:
-            raise ValueError("NAT gateway metrics have 1-minute resolution: use a multiple of 60s, e.g. '1h'")
-        return value
 
     @model_validator(mode="after")
     def _window_holds_a_period(self) -> IdleNatGatewaysConfig:

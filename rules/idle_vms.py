@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
-from guard.durations import Duration, format_duration
+from guard.durations import Duration, Period, format_duration
 from guard.model import Evaluation, Finding, Instance, MetricQuery, Severity, Snapshot
 from guard.pricing import HOURS_PER_MONTH
 from guard.rule import Context, Rule, RuleConfig
@@ -17,18 +17,10 @@ _MB = 1_000_000
 
 class IdleVMsConfig(RuleConfig):
     window: Duration = Field(timedelta(hours=1), description="how far back utilisation is averaged")
-    period: Duration = Field(timedelta(minutes=5), description="CloudWatch period (5 min = basic monitoring)")
+    period: Period = Field(timedelta(minutes=5), description="CloudWatch period (5 min = basic monitoring)")
     cpu_percent_max: float = Field(5.0, ge=0, le=100, description="average CPU below this is idle")
     network_mb_per_hour_max: float = Field(5.0, ge=0, description="NetworkIn+NetworkOut below this is idle")
     min_coverage: float = Field(0.8, gt=0, le=1, description="share of the window's datapoints required")
-
-    @field_validator("period")
-    @classmethod
-    def _cloudwatch_period(cls, value: timedelta) -> timedelta:
-        seconds = value.total_seconds()
-        if seconds not in (1, 5, 10, 30) and (seconds < 60 or seconds % 60):
-            raise ValueError("CloudWatch periods are 1s, 5s, 10s, 30s or a multiple of 60s, e.g. '5 minutes'")
-        return value
 
     @model_validator(mode="after")
     def _window_holds_a_period(self) -> IdleVMsConfig:
@@ -55,6 +47,7 @@ class IdleVMs(Rule):
 
     id = "idle-vms"
     resource_type = "instance"
+    billing = "ec2-instance-hours"
     needs = frozenset({"instances", "metrics"})
     inputs = "EC2 instances; CloudWatch AWS/EC2 CPUUtilization (Average), NetworkIn and NetworkOut (Sum)"
     waste_formula = "the instance type's on-demand $/hour in its region"

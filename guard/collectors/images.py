@@ -10,7 +10,8 @@ PAGE_SIZE = 1000
 
 def collect_images(aws: Aws, region: str) -> tuple[Image, ...]:
     paginator = aws.client("ec2", region).get_paginator("describe_images")
-    pages = paginator.paginate(Owners=["self"], PaginationConfig={"PageSize": PAGE_SIZE})
+    # Disabled AMIs still hold their snapshots: without them, those snapshots would look orphaned.
+    pages = paginator.paginate(Owners=["self"], IncludeDisabled=True, PaginationConfig={"PageSize": PAGE_SIZE})
     return tuple(
         Image(
             id=raw["ImageId"],

@@ -10,15 +10,14 @@ from collections.abc import Iterable
 
 from guard.aws import Aws
 
-RECENTLY_ACTIVE = "PT3H"
-
 
 def collect_listings(aws: Aws, region: str, wanted: Iterable[tuple[str, str]]
                      ) -> dict[tuple[str, str], tuple[tuple[tuple[str, str], ...], ...]]:
     paginator = aws.client("cloudwatch", region).get_paginator("list_metrics")
     listings = {}
     for namespace, metric in dict.fromkeys(wanted):
-        pages = paginator.paginate(Namespace=namespace, MetricName=metric, RecentlyActive=RECENTLY_ACTIVE)
+        # Not RecentlyActive=PT3H: a bucket with request metrics on but no request for 3 hours would look unmeasured.
+        pages = paginator.paginate(Namespace=namespace, MetricName=metric)
         dimension_sets = {
             tuple(sorted((d["Name"], d["Value"]) for d in raw.get("Dimensions", [])))
             for page in pages

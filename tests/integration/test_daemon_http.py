@@ -15,6 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from guard.rule import discover_rules
 from guard.sandbox import GroundTruth, SandboxServer
 
 TOKEN = "test-token-0123456789"
@@ -92,9 +93,11 @@ def test_metrics_exposition(daemon: str, team_account: GroundTruth) -> None:
     expected = sum(e.waste_hourly_usd or 0 for e in team_account.expected().values())
     assert waste == pytest.approx(expected, rel=1e-9)
     unique = sum(s.value for s in families["guard_waste_unique_hourly_usd"].samples)
-    largest: dict[tuple[str, str], float] = {}
-    for (_, region, resource_id), e in team_account.expected().items():
-        largest[(region, resource_id)] = max(largest.get((region, resource_id), 0.0), e.waste_hourly_usd or 0.0)
+    rules = discover_rules().rules
+    largest: dict[tuple[str, str, str], float] = {}
+    for (rule, region, resource_id), e in team_account.expected().items():
+        bill = (region, resource_id, rules[rule].billing or rule)  # idle-vms and idle-gpu price the same hours
+        largest[bill] = max(largest.get(bill, 0.0), e.waste_hourly_usd or 0.0)
     assert unique == pytest.approx(sum(largest.values()), rel=1e-9)
     findings = sum(s.value for s in families["guard_findings"].samples)
     assert findings == len(team_account.expected())

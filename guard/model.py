@@ -108,6 +108,8 @@ class LogGroup:
     retention_days: int | None
     creation_time: datetime
     tags: Tags = field(default_factory=lambda: freeze_tags(None))
+    log_group_class: str = "STANDARD"
+    """STANDARD or INFREQUENT_ACCESS (half the ingestion price)."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,14 @@ PUBLIC_IPV4_USD_PER_HOUR = 0.005
 NAT_GATEWAY_USD_PER_HOUR = 0.045
 NAT_GATEWAY_USD_PER_GB = 0.045
 LOGS_INGEST_USD_PER_GB = 0.50
+LOGS_INGEST_INFREQUENT_ACCESS_USD_PER_GB = 0.25
+
+
+def logs_ingest_usd_per_gb(log_group_class: str) -> float:
+    """Ingestion list price of a log group's class."""
+    if log_group_class == "INFREQUENT_ACCESS":
+        return LOGS_INGEST_INFREQUENT_ACCESS_USD_PER_GB
+    return LOGS_INGEST_USD_PER_GB
 LOGS_STORAGE_USD_PER_GB_MONTH = 0.03
 S3_TIER1_USD_PER_1000 = 0.005
 """S3 Standard PUT, COPY, POST and LIST requests."""

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from guard.durations import Duration, Period, format_duration
 from guard.model import Evaluation, Finding, LogGroup, LogSample, LogSampleRequest, MetricQuery, Severity, Snapshot
-from guard.pricing import GB, HOURS_PER_MONTH, LOGS_INGEST_USD_PER_GB
+from guard.pricing import GB, HOURS_PER_MONTH, logs_ingest_usd_per_gb
 from guard.rule import Context, Rule, RuleConfig
 
 EVENT_OVERHEAD_BYTES = 26
@@ -180,7 +180,8 @@ class DebugLogging(Rule):
             if context.is_protected(group.tags):
                 continue
             bytes_per_hour = sum(snapshot.series(self._query(group)).values) / window_hours
-            if bytes_per_hour > 0 and bytes_per_hour / GB * LOGS_INGEST_USD_PER_GB >= self.config.min_hourly_usd:
+            usd_per_gb = logs_ingest_usd_per_gb(group.log_group_class)
+            if bytes_per_hour > 0 and bytes_per_hour / GB * usd_per_gb >= self.config.min_hourly_usd:
                 expensive.append(_Ingestion(group, bytes_per_hour))
         return sorted(expensive, key=lambda ingestion: (-ingestion.bytes_per_hour, ingestion.group.name))
 
@@ -219,7 +220,8 @@ class DebugLogging(Rule):
 
     def _finding(self, ingestion: _Ingestion, sample: LogSample, share: DebugShare, region: str,
                  context: Context) -> Finding:
-        usd_per_gb = LOGS_INGEST_USD_PER_GB if region in context.prices.regions else None
+        known_region = region in context.prices.regions
+        usd_per_gb = logs_ingest_usd_per_gb(ingestion.group.log_group_class) if known_region else None
         total = ingestion.bytes_per_hour / GB * usd_per_gb if usd_per_gb is not None else None
         waste = total * share.share if total is not None else None
         streams = f"{'≥' if sample.active_streams_capped else ''}{sample.active_streams}"

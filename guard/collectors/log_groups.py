@@ -26,5 +26,6 @@ def collect_log_groups(aws: Aws, region: str) -> tuple[LogGroup, ...]:
             retention_days=raw.get("retentionInDays"),
             creation_time=datetime.fromtimestamp(raw.get("creationTime", 0) / 1000, tz=timezone.utc),
             tags=tags.get(arn, freeze_tags(None)),
+            log_group_class=raw.get("logGroupClass", "STANDARD"),
         ))
     return tuple(groups)

@@ -437,7 +437,8 @@ def test_evaluate_never_raises_and_prices_only_sampled_debug_heavy_groups(specs:
 
 def test_infrequent_access_groups_are_priced_at_their_own_rate() -> None:
     group = dataclasses.replace(make_group(), log_group_class="INFREQUENT_ACCESS")
-    [finding] = evaluate([group], {group.name: ingestion_points(10.0)}, [make_sample(group.name, mostly_debug())]).findings
+    sample = make_sample(group.name, mostly_debug())
+    [finding] = evaluate([group], {group.name: ingestion_points(10.0)}, [sample]).findings
     assert finding.evidence["ingestion_usd_per_hour"] == pytest.approx(10.0 * 0.25)
     # $0.25/GB: 1.5 GB/h of IA ingestion stays under the default $0.50/h threshold, where STANDARD would not
     cheap = evaluate([group], {group.name: ingestion_points(1.5)}, [make_sample(group.name, mostly_debug())])

@@ -87,6 +87,8 @@ class EbsSnapshot:
     state: str
     description: str = ""
     tags: Tags = field(default_factory=lambda: freeze_tags(None))
+    storage_tier: str = "standard"
+    """standard or archive (a quarter of the price, billed on the full size)."""
 
 
 @dataclass(frozen=True)

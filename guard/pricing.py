@@ -30,6 +30,9 @@ EBS_PRICE_BASIS = "us-east-1 list price per GB-month"
 
 # Other list prices (USD, us-east-1), used for every region: the catalog has no per-region prices for them.
 SNAPSHOT_USD_PER_GB_MONTH = 0.05
+SNAPSHOT_ARCHIVE_USD_PER_GB_MONTH = 0.0125
+COPIED_SNAPSHOT_VOLUME_ID = "vol-ffffffff"
+"""The VolumeId AWS gives snapshots made by CopySnapshot: the source volume was never in this region."""
 PUBLIC_IPV4_USD_PER_HOUR = 0.005
 """An Elastic IP / public IPv4 address, attached or not (since 2024-02-01)."""
 NAT_GATEWAY_USD_PER_HOUR = 0.045

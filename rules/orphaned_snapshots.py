@@ -8,7 +8,12 @@ from pydantic import Field, model_validator
 
 from guard.durations import Duration, format_duration
 from guard.model import EbsSnapshot, Evaluation, Finding, Severity, Snapshot
-from guard.pricing import HOURS_PER_MONTH, SNAPSHOT_USD_PER_GB_MONTH
+from guard.pricing import (
+    COPIED_SNAPSHOT_VOLUME_ID,
+    HOURS_PER_MONTH,
+    SNAPSHOT_ARCHIVE_USD_PER_GB_MONTH,
+    SNAPSHOT_USD_PER_GB_MONTH,
+)
 from guard.rule import Context, Rule, RuleConfig
 
 BACKUP_TAGS = ("aws:backup:source-resource", "aws:dlm:lifecycle-policy-id")
@@ -71,7 +76,8 @@ class OrphanedSnapshots(Rule):
         return Evaluation(findings=tuple(findings))
 
     def _finding(self, ebs: EbsSnapshot, region: str, context: Context, age: timedelta) -> Finding:
-        monthly = ebs.size_gib * SNAPSHOT_USD_PER_GB_MONTH
+        per_gb_month = SNAPSHOT_ARCHIVE_USD_PER_GB_MONTH if ebs.storage_tier == "archive" else SNAPSHOT_USD_PER_GB_MONTH
+        monthly = ebs.size_gib * per_gb_month
         hourly = monthly / HOURS_PER_MONTH
         if monthly >= self.config.high_monthly_usd:
             severity = Severity.high
@@ -79,7 +85,12 @@ class OrphanedSnapshots(Rule):
             severity = Severity.medium
         else:
             severity = Severity.low
-        source = f"deleted volume {ebs.volume_id}" if ebs.volume_id else "an unknown volume"
+        if ebs.volume_id == COPIED_SNAPSHOT_VOLUME_ID:
+            source = "a volume of another region or account (a copy)"
+        elif ebs.volume_id:
+            source = f"deleted volume {ebs.volume_id}"
+        else:
+            source = "an unknown volume"
         return Finding(
             rule=self.id,
             resource_id=ebs.id,
@@ -96,7 +107,8 @@ class OrphanedSnapshots(Rule):
                 "volume_id": ebs.volume_id,
                 "description": ebs.description,
                 "age": format_duration(timedelta(seconds=int(age.total_seconds()))),
-                "usd_per_gb_month": SNAPSHOT_USD_PER_GB_MONTH,
+                "usd_per_gb_month": per_gb_month,
+                "storage_tier": ebs.storage_tier,
                 "monthly_usd": round(monthly, 2),
                 "price": "upper-bound",
                 "price_basis": "full size at the standard tier; snapshots are incremental and bill only the blocks "

@@ -26,6 +26,7 @@ def collect_snapshots(aws: Aws, region: str) -> tuple[EbsSnapshot, ...]:
             state=raw.get("State", "completed"),
             description=raw.get("Description", ""),
             tags=freeze_tags(raw.get("Tags")),
+            storage_tier=raw.get("StorageTier", "standard"),
         )
         for page in pages
         for raw in page.get("Snapshots", [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 
@@ -189,3 +190,15 @@ def test_a_finding_exactly_for_each_old_unused_orphan(specs: list[tuple], live_v
     assert [f.resource_id for f in result.findings] == expected
     for finding in result.findings:
         assert finding.waste_hourly_usd == pytest.approx(finding.evidence["size_gib"] * 0.05 / HOURS_PER_MONTH)
+
+
+def test_archived_snapshots_are_priced_at_the_archive_rate() -> None:
+    ebs = dataclasses.replace(make_snapshot(), storage_tier="archive")
+    (finding,) = evaluate([ebs]).findings
+    assert finding.waste_hourly_usd == pytest.approx(500 * 0.0125 / 730)
+    assert finding.evidence["storage_tier"] == "archive"
+
+
+def test_a_copied_snapshot_says_it_is_a_copy_not_a_deleted_volume() -> None:
+    (finding,) = evaluate([make_snapshot(volume_id="vol-ffffffff")]).findings
+    assert "a copy" in finding.summary and "deleted volume" not in finding.summary

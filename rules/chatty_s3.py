@@ -73,7 +73,9 @@ class RequestCountSource(Protocol):
 class CloudWatchRequestMetrics:
     """Counts from S3 request metrics, for buckets with a request-metrics configuration (listed by ListMetrics).
 
-    One filter per bucket: the whole-bucket one when there is one, else the first in name order.
+    The whole-bucket filter (``EntireBucket``) when there is one; otherwise every listed filter is read and the
+    costliest one judged — each filter counts a subset of the bucket's requests, so the largest is the best
+    lower bound (and a whole-bucket filter under another name wins by construction).
     """
 
     period_seconds: int
@@ -91,8 +93,8 @@ class CloudWatchRequestMetrics:
         return {bucket: sorted(ids) for bucket, ids in filters.items()}
 
     @staticmethod
-    def chosen_filter(filter_ids: Sequence[str]) -> str:
-        return WHOLE_BUCKET_FILTER if WHOLE_BUCKET_FILTER in filter_ids else filter_ids[0]
+    def chosen_filters(filter_ids: Sequence[str]) -> list[str]:
+        return [WHOLE_BUCKET_FILTER] if WHOLE_BUCKET_FILTER in filter_ids else list(filter_ids)
 
     def _query(self, bucket: str, filter_id: str, metric: str) -> MetricQuery:
         return MetricQuery(namespace="AWS/S3", metric=metric,
@@ -102,8 +104,7 @@ class CloudWatchRequestMetrics:
     def metric_queries(self, snapshot: Snapshot, buckets: Sequence[Bucket]) -> Iterable[MetricQuery]:
         filters = self.filters(snapshot)
         for bucket in buckets:
-            if bucket.name in filters:
-                filter_id = self.chosen_filter(filters[bucket.name])
+            for filter_id in self.chosen_filters(filters.get(bucket.name, [])):
                 for metric in CLOUDWATCH_METRICS:
                     yield self._query(bucket.name, filter_id, metric)
 
@@ -113,15 +114,18 @@ class CloudWatchRequestMetrics:
         for bucket in buckets:
             if bucket.name not in filters:
                 continue
-            filter_id = self.chosen_filter(filters[bucket.name])
-            counts = {operation: sum(snapshot.series(self._query(bucket.name, filter_id, metric)).values)
-                      for metric, operation in CLOUDWATCH_METRICS.items()}
-            yield BucketRequests(
-                bucket=bucket.name, source=self.name, window_seconds=self.window_seconds,
-                counts_by_operation=counts,
-                detail={"filter_id": filter_id, "whole_bucket": filter_id == WHOLE_BUCKET_FILTER,
-                        "filters_available": filters[bucket.name]},
-            )
+            records = [
+                BucketRequests(
+                    bucket=bucket.name, source=self.name, window_seconds=self.window_seconds,
+                    counts_by_operation={
+                        operation: sum(snapshot.series(self._query(bucket.name, filter_id, metric)).values)
+                        for metric, operation in CLOUDWATCH_METRICS.items()},
+                    detail={"filter_id": filter_id, "whole_bucket": filter_id == WHOLE_BUCKET_FILTER,
+                            "filters_available": filters[bucket.name]},
+                )
+                for filter_id in self.chosen_filters(filters[bucket.name])
+            ]
+            yield max(records, key=hourly_usd)
 
 
 def usd_per_1000(operation: str) -> float:

@@ -113,13 +113,20 @@ def test_queries_are_request_metric_sums_for_the_whole_bucket_filter() -> None:
         assert (query.period_seconds, query.window_seconds) == (300, 3600)
 
 
-def test_without_a_whole_bucket_filter_the_first_filter_is_read() -> None:
+def test_without_a_whole_bucket_filter_every_filter_is_read_and_the_costliest_judged() -> None:
     rule = ChattyS3(ChattyS3.Config(window="2h", period="1 minute"))
     bare = Snapshot(account_id="1", region="us-east-1", taken_at=NOW, buckets=(make_bucket("b"),),
-                    metric_listings=listing({"b": ["tmp-prefix", "hot-prefix"]}))
+                    metric_listings=listing({"b": ["tmp-prefix", "whole"]}))
     queries = list(rule.metric_queries(bare, CONTEXT))
-    assert {q.dimensions for q in queries} == {(("BucketName", "b"), ("FilterId", "hot-prefix"))}
+    assert {q.dimensions for q in queries} == {(("BucketName", "b"), ("FilterId", "tmp-prefix")),
+                                               (("BucketName", "b"), ("FilterId", "whole"))}
     assert {(q.period_seconds, q.window_seconds) for q in queries} == {(60, 7200)}
+    # "whole" is a whole-bucket filter under another name: it counts more than the prefix filter, so it is judged
+    result = evaluate([make_bucket("b")], {"b": ["tmp-prefix", "whole"]},
+                      {("b", "tmp-prefix"): {"ListRequests": 10_000}, ("b", "whole"): {"ListRequests": 90_000}})
+    (finding,) = result.findings
+    assert finding.evidence["filter_id"] == "whole"
+    assert finding.waste_hourly_usd == pytest.approx(90_000 * 0.005 / 1000)
 
 
 def test_unlisted_and_protected_buckets_are_not_queried() -> None:

@@ -23,6 +23,7 @@ from guard.sandbox.truth import (
     UNKNOWN_OWNER,
     GroundTruth,
     InstanceSpec,
+    LiveSeries,
     Profile,
     SeedContext,
     Seeded,
@@ -57,7 +58,8 @@ LOADS: dict[str, metrics.Load] = {
 
 YOUNG_AGE = timedelta(minutes=16)
 YOUNG_SERIES = timedelta(minutes=15)
-"""A young instance's series: 3 datapoints, too few for a one-hour window at 80% coverage."""
+"""A young instance's series: 3 datapoints, too few for a one-hour window at 80% coverage. Kept going live, it
+fills the window within the hour, and the young instance is judged by its profile from then on."""
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ def seed_team_account(endpoint_url: str, now: datetime | None = None) -> GroundT
     first_of: dict[str, tuple[str, str]] = {}
     launched: dict[str, dict[str, datetime]] = defaultdict(dict)
     series: dict[str, list[dict]] = defaultdict(list)
+    live: list[LiveSeries] = []  # each series goes on repeating its seeded span
     for launch in LAUNCHES:
         ids, zone = _run_instances(endpoint_url, launch.region, launch.instance_type, len(launch.profiles),
                                    _tags(launch.owner, launch.name, launch.protect))
@@ -212,8 +215,10 @@ def seed_team_account(endpoint_url: str, now: datetime | None = None) -> GroundT
                                           architecture(launch.instance_type), profile,
                                           launch.owner or UNKNOWN_OWNER, launch.name, launch.protect, launched_at))
             if profile in LOADS:
-                stamps = metrics.timestamps(now, YOUNG_SERIES if young else metrics.SPAN)
-                series[launch.region].extend(metrics.datums(instance_id, LOADS[profile], stamps, rng))
+                span = YOUNG_SERIES if young else metrics.SPAN
+                data = list(metrics.datums(instance_id, LOADS[profile], metrics.timestamps(now, span), rng))
+                series[launch.region].extend(data)
+                live.extend(LiveSeries.of(launch.region, metrics.NAMESPACE, span, data))
     for region in REGIONS:
         stopped = [vm.instance_id for vm in instances if vm.region == region and vm.profile == "stopped"]
         if stopped:
@@ -224,7 +229,8 @@ def seed_team_account(endpoint_url: str, now: datetime | None = None) -> GroundT
         backdate(endpoint_url, region, instances=launched[region],
                  volumes={v.volume_id: v.created_at for v in volumes if v.region == region})
     context = SeedContext(endpoint_url, now, ACCOUNT_ID, tuple(instances), volumes)
-    return GroundTruth.of(now, tuple(instances), volumes, extra=[seed(context) for seed in _seeders()])
+    base = Seeded(live_series=tuple(live))
+    return GroundTruth.of(now, tuple(instances), volumes, extra=[base, *(seed(context) for seed in _seeders())])
 
 
 def _seeders() -> list[Callable[[SeedContext], Seeded]]:

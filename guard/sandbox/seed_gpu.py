@@ -20,7 +20,7 @@ from guard.sandbox.account import LOADS, PROTECT_TAG, REGIONS, TEAMS
 from guard.sandbox.backdate import backdate
 from guard.sandbox.images import architecture, image_for
 from guard.sandbox.server import sandbox_client
-from guard.sandbox.truth import ExpectedFinding, InstanceSpec, NearMiss, SeedContext, Seeded
+from guard.sandbox.truth import ExpectedFinding, InstanceSpec, LiveSeries, NearMiss, SeedContext, Seeded
 
 RULE = "idle-gpu"
 GPU_PERCENT_MAX = 10.0
@@ -147,8 +147,12 @@ def seed(context: SeedContext) -> Seeded:
                                             catalog.hourly_usd(box.instance_type, box.region)))
         else:
             near_misses.append(NearMiss(RULE, box.region, instance_id, box.reason))
+    live: list[LiveSeries] = []  # every series goes on repeating its seeded span
     for region in REGIONS:
         metrics.put(context.endpoint_url, region, cpu_data[region])
         metrics.put(context.endpoint_url, region, gpu_data[region], namespace=NAMESPACE)
         backdate(context.endpoint_url, region, instances=launched[region])
-    return Seeded(findings=tuple(findings), near_misses=tuple(near_misses), instances=tuple(instances))
+        live.extend(LiveSeries.of(region, metrics.NAMESPACE, metrics.SPAN, cpu_data[region]))
+        live.extend(LiveSeries.of(region, NAMESPACE, metrics.SPAN, gpu_data[region]))
+    return Seeded(findings=tuple(findings), near_misses=tuple(near_misses), instances=tuple(instances),
+                  live_series=tuple(live))

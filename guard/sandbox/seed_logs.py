@@ -18,7 +18,15 @@ from datetime import datetime, timedelta, timezone
 from guard.pricing import GB, HOURS_PER_MONTH, LOGS_INGEST_USD_PER_GB, LOGS_STORAGE_USD_PER_GB_MONTH
 from guard.sandbox.account import REGIONS, TEAMS
 from guard.sandbox.server import sandbox_client
-from guard.sandbox.truth import UNKNOWN_OWNER, ExpectedFinding, NearMiss, SeedContext, Seeded
+from guard.sandbox.truth import (
+    UNKNOWN_OWNER,
+    ExpectedFinding,
+    LiveLogStream,
+    LiveSeries,
+    NearMiss,
+    SeedContext,
+    Seeded,
+)
 
 DEBUG_LOGGING = "debug-logging"
 LOG_RETENTION = "log-retention"
@@ -40,6 +48,13 @@ JUST_BELOW = 0.1
 """A DEBUG share this close under the threshold is a near miss "just below"."""
 OLD_EVENTS_AGE = timedelta(hours=3)
 """Events of stale streams, backfills and idle groups: before the window."""
+LIVE_EVENTS_EVERY = WINDOW / 2
+"""Live, each stream that wrote in the window writes its window events again this often, all at one instant: a
+window then holds one to three whole copies, which have the seeded DEBUG share and active streams — and three
+copies of the largest group's (300 events) stay far under the rule's 2,000-event sample. Only once, an hour after
+seeding, does the window hold part of a copy: the seeded events, spread over 90 seconds, leave it one by one.
+The copies add a few kB a day to a group's stored bytes, as ingestion does: log-retention's $/hour grows by some
+3e-9 a day."""
 
 _E, _W = REGIONS
 DEBUG_LEVELS = ("debug", "trace")
@@ -193,10 +208,12 @@ _STYLES: dict[str, Formatter] = {"dask": _dask, "spring": _spring, "lambda-text"
 
 @dataclass(frozen=True)
 class _Written:
-    """What was put into one group: the levels and messages of its events in the window."""
+    """What was put into one group: the levels and messages of its events in the window, and its streams that
+    keep writing them."""
 
     group: _Group
     window_events: tuple[tuple[Level, str], ...]
+    live: tuple[LiveLogStream, ...]
 
 
 def _events(group: _Group, stream: int, now: datetime, rng: random.Random, old: bool) -> list[tuple[Level, dict]]:
@@ -220,6 +237,7 @@ def _write(context: SeedContext, group: _Group, rng: random.Random) -> _Written:
     if group.retention_days is not None:
         logs.put_retention_policy(logGroupName=group.name, retentionInDays=group.retention_days)
     window_events: list[tuple[Level, str]] = []
+    live: list[LiveLogStream] = []
     for stream in range(group.streams + group.stale_streams):
         old = stream >= group.streams or group.backfill
         name = f"{group.stream_prefix}{stream + 1:04d}"
@@ -228,15 +246,20 @@ def _write(context: SeedContext, group: _Group, rng: random.Random) -> _Written:
         logs.put_log_events(logGroupName=group.name, logStreamName=name, logEvents=[event for _, event in events])
         if not old:
             window_events.extend((level, event["message"]) for level, event in events)
-    return _Written(group, tuple(window_events))
+            live.append(LiveLogStream(group.region, group.name, name, tuple(event["message"] for _, event in events),
+                                      context.now, LIVE_EVENTS_EVERY))
+    return _Written(group, tuple(window_events), tuple(live))
 
 
 def _point_bytes(group: _Group) -> float:
     return round(group.ingest_gb_per_hour * GB * (WINDOW / timedelta(hours=1))) / INGEST_POINTS
 
 
-def _ingestion(context: SeedContext, region: str) -> None:
-    """IncomingBytes of every ingesting group of a region: ``INGEST_POINTS`` equal sums adding up to one hour."""
+def _ingestion(context: SeedContext, region: str) -> tuple[LiveSeries, ...]:
+    """IncomingBytes of every ingesting group of a region: ``INGEST_POINTS`` equal sums adding up to one hour.
+
+    Live, that hour repeats every hour: each one-hour window holds exactly its datapoints, however aligned.
+    """
     epoch = int(context.now.timestamp())
     grid = datetime.fromtimestamp(epoch - epoch % int(PERIOD.total_seconds()), tz=timezone.utc)
     stamps = [grid - PERIOD * (k + 2) + PERIOD / 2 for k in range(INGEST_POINTS)]
@@ -246,6 +269,7 @@ def _ingestion(context: SeedContext, region: str) -> None:
     if data:
         sandbox_client(context.endpoint_url, "cloudwatch", region).put_metric_data(Namespace="AWS/Logs",
                                                                                     MetricData=data)
+    return LiveSeries.of(region, "AWS/Logs", WINDOW, data)
 
 
 def _give_history(context: SeedContext, region: str) -> None:
@@ -310,9 +334,11 @@ def _log_retention_truth(group: _Group) -> ExpectedFinding | NearMiss:
 def seed(context: SeedContext) -> Seeded:
     rng = random.Random("guard.sandbox.seed_logs")
     written = [_write(context, group, rng) for group in GROUPS]
+    live_series: list[LiveSeries] = []
     for region in REGIONS:
-        _ingestion(context, region)
+        live_series.extend(_ingestion(context, region))
         _give_history(context, region)
     truths = [truth for w in written for truth in (_debug_logging_truth(w), _log_retention_truth(w.group))]
     return Seeded(findings=tuple(t for t in truths if isinstance(t, ExpectedFinding)),
-                  near_misses=tuple(t for t in truths if isinstance(t, NearMiss)))
+                  near_misses=tuple(t for t in truths if isinstance(t, NearMiss)),
+                  live_series=tuple(live_series), live_logs=tuple(stream for w in written for stream in w.live))

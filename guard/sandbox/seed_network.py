@@ -17,13 +17,15 @@ from guard.sandbox import metrics
 from guard.sandbox.account import PROTECT_TAG, REGIONS, TEAMS
 from guard.sandbox.backdate import backdate
 from guard.sandbox.server import sandbox_client
-from guard.sandbox.truth import UNKNOWN_OWNER, ExpectedFinding, NearMiss, SeedContext, Seeded
+from guard.sandbox.truth import UNKNOWN_OWNER, ExpectedFinding, LiveSeries, NearMiss, SeedContext, Seeded
 
 UNATTACHED_EIPS = "unattached-eips"
 IDLE_NAT_GATEWAYS = "idle-nat-gateways"
 NAT_NAMESPACE = "AWS/NATGateway"
 SERIES_SPAN = timedelta(hours=26)
 """Hourly sums far enough back to fill the rule's default 24-hour window, which ends at the last complete hour."""
+HOUR = timedelta(hours=1)
+"""Live, the newest hourly sum repeats every hour, at the same minute: one datapoint in every hour of a window."""
 
 EipKind = Literal["unattached", "protected", "on-instance"]
 """Only ``unattached`` addresses are findings; the NAT gateways' own addresses are near misses ``on-nat-gateway``."""
@@ -110,6 +112,7 @@ def seed(context: SeedContext) -> Seeded:
     """Allocate both regions' addresses and NAT gateways; return what the two rules must and must not report."""
     findings: list[ExpectedFinding] = []
     near_misses: list[NearMiss] = []
+    live: list[LiveSeries] = []
     first_instance: dict[tuple[str, str], str] = {}
     for vm in context.instances:
         if vm.name:
@@ -127,13 +130,14 @@ def seed(context: SeedContext) -> Seeded:
                                                 eip.owner or UNKNOWN_OWNER, PUBLIC_IPV4_USD_PER_HOUR))
             else:
                 near_misses.append(NearMiss(UNATTACHED_EIPS, region, allocation_id, eip.kind))
-        found, missed = _seed_nat_gateways(context, region)
-        findings.extend(found)
-        near_misses.extend(missed)
-    return Seeded(tuple(findings), tuple(near_misses))
+        gateways = _seed_nat_gateways(context, region)
+        findings.extend(gateways.findings)
+        near_misses.extend(gateways.near_misses)
+        live.extend(gateways.live_series)
+    return Seeded(tuple(findings), tuple(near_misses), live_series=tuple(live))
 
 
-def _seed_nat_gateways(context: SeedContext, region: str) -> tuple[list[ExpectedFinding], list[NearMiss]]:
+def _seed_nat_gateways(context: SeedContext, region: str) -> Seeded:
     ec2 = sandbox_client(context.endpoint_url, "ec2", region)
     team_tags = _tags("tom.becker", "team-vpc")
     vpc_cidr, subnet_cidr = _CIDRS[region]
@@ -145,6 +149,7 @@ def _seed_nat_gateways(context: SeedContext, region: str) -> tuple[list[Expected
     findings, near_misses = [], []
     created: dict[str, datetime] = {}
     datums: list[dict] = []
+    live: list[LiveSeries] = []
     newest = context.now - timedelta(minutes=30)
     for nat in (n for n in NATS if n.region == region):
         tags = _tags(nat.owner, nat.name, nat.kind == "protected")
@@ -159,6 +164,7 @@ def _seed_nat_gateways(context: SeedContext, region: str) -> tuple[list[Expected
             stamps = [newest - timedelta(hours=k) for k in range(int(SERIES_SPAN / timedelta(hours=1)))
                       if newest - timedelta(hours=k) > created_at]
             datums.extend(_nat_datums(nat_id, nat.gb_per_day, stamps))
+            live.extend(LiveSeries.of(region, NAT_NAMESPACE, HOUR, _nat_datums(nat_id, nat.gb_per_day, stamps[:1])))
         if nat.kind == "idle":
             outbound, inbound = _hourly_bytes(nat.gb_per_day or 0.0)
             waste = NAT_GATEWAY_USD_PER_HOUR + (outbound + inbound) / GB * NAT_GATEWAY_USD_PER_GB
@@ -168,7 +174,7 @@ def _seed_nat_gateways(context: SeedContext, region: str) -> tuple[list[Expected
                                         undetermined=nat.kind == "no-data"))
     metrics.put(context.endpoint_url, region, datums, namespace=NAT_NAMESPACE)
     backdate(context.endpoint_url, region, nat_gateways=created)
-    return findings, near_misses
+    return Seeded(tuple(findings), tuple(near_misses), live_series=tuple(live))
 
 
 def _nat_datums(nat_id: str, gb_per_day: float, stamps: list[datetime]) -> list[dict]:

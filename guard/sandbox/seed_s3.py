@@ -3,7 +3,7 @@
 Each measured bucket gets what S3 publishes once request metrics are on: ``AWS/S3`` request counts per
 (``BucketName``, ``FilterId``), fed with PutMetricData. Its requests fall in nine 5-minute periods ending 5 to
 10 minutes before seeding, so a scan in the next few minutes counts every one of them in its one-hour window,
-and nothing else: the expected $ is exact.
+and nothing else: the expected $ is exact. Kept going live, that hour repeats, and so does the count.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from guard.pricing import S3_TIER1_USD_PER_1000, S3_TIER2_USD_PER_1000
 from guard.sandbox import metrics
 from guard.sandbox.account import PROTECT_TAG, REGIONS, TEAMS
 from guard.sandbox.server import sandbox_client
-from guard.sandbox.truth import UNKNOWN_OWNER, ExpectedFinding, NearMiss, SeedContext, Seeded
+from guard.sandbox.truth import UNKNOWN_OWNER, ExpectedFinding, LiveSeries, NearMiss, SeedContext, Seeded
 
 RULE = "chatty-s3"
+NAMESPACE = "AWS/S3"
 MIN_HOURLY_USD = 0.10
 """chatty-s3's default ``min_hourly_usd``; its default window is one hour, so a bucket's requests per window
 are its requests per hour."""
@@ -40,7 +41,11 @@ IN_WINDOW = [timedelta(minutes=5 * k) for k in range(2, 11)]
 """Datapoints 10 to 50 minutes before the seeding time's 5-minute period: the newest complete periods are in
 the window of a scan shortly after, however its end is aligned."""
 EARLIER = [timedelta(hours=2) + offset for offset in IN_WINDOW]
-"""A burst two hours ago: listed by ListMetrics (last 3h) but outside the window."""
+"""A burst two hours ago: listed by ListMetrics (last 3h) but outside the window. It is not repeated live: the
+emulator keeps listing a metric whatever ``RecentlyActive`` asks, so the bucket stays measured and silent."""
+REQUESTS_CYCLE = timedelta(hours=1)
+"""Live, a bucket's hour of requests repeats every hour: each one-hour window, however aligned, holds exactly one
+hour's datapoints, so its count stays the hour's requests."""
 
 Requests = Mapping[str, int]
 """Requests in the hour before seeding, by AWS/S3 metric name."""
@@ -174,11 +179,15 @@ def _truth(spec: _BucketSpec) -> ExpectedFinding | NearMiss:
 def seed(context: SeedContext) -> Seeded:
     rng = random.Random("guard.sandbox.seed_s3")
     data: dict[str, list[dict]] = {region: [] for region in REGIONS}
+    live: list[LiveSeries] = []
     for spec in BUCKETS:
         _create(context.endpoint_url, spec)
-        data[spec.region].extend(_datums(spec, context.now, rng))
+        datums = list(_datums(spec, context.now, rng))
+        data[spec.region].extend(datums)
+        if not spec.earlier:
+            live.extend(LiveSeries.of(spec.region, NAMESPACE, REQUESTS_CYCLE, datums))
     for region, datums in data.items():
-        metrics.put(context.endpoint_url, region, datums, namespace="AWS/S3")
+        metrics.put(context.endpoint_url, region, datums, namespace=NAMESPACE)
     truths = [_truth(spec) for spec in BUCKETS]
     return Seeded(findings=tuple(t for t in truths if isinstance(t, ExpectedFinding)),
-                  near_misses=tuple(t for t in truths if isinstance(t, NearMiss)))
+                  near_misses=tuple(t for t in truths if isinstance(t, NearMiss)), live_series=tuple(live))

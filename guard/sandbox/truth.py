@@ -6,10 +6,10 @@ why every other seeded resource must *not* be reported, so a difference can be e
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Literal
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from guard.pricing import default_catalog
 
@@ -97,6 +97,64 @@ class SeedContext:
 
 
 @dataclass(frozen=True)
+class LiveSeries:
+    """How a seeded CloudWatch series goes on: ``points`` are one ``cycle`` of it, written again every cycle.
+
+    Nothing in the emulator generates metrics, so ``LiveMetrics`` writes each point again at ``stamp + k × cycle``
+    as the clock passes it. Replaying the seeded datapoints, rather than drawing new ones, keeps the sums and
+    averages over any window what the ground truth was derived from, whatever the series' period and alignment: a
+    window one cycle long always holds exactly one cycle's points. The points lie within one cycle, the last one
+    before seeding, so every replay is a new datapoint.
+    """
+
+    region: str
+    namespace: str
+    metric: str
+    dimensions: tuple[tuple[str, str], ...]
+    """(name, value) in the order the seeder wrote them: the emulator matches a query's dimensions in order."""
+    unit: str
+    cycle: timedelta
+    points: tuple[tuple[datetime, float], ...]
+    """(timestamp, value) of one cycle, as seeded."""
+
+    def __post_init__(self) -> None:
+        stamps = [stamp for stamp, _ in self.points]
+        if stamps and max(stamps) - min(stamps) >= self.cycle:
+            raise ValueError(f"{self.namespace} {self.metric} {self.dimensions}: its points span more than one cycle "
+                             f"({self.cycle}), so replays would land on seeded datapoints")
+
+    @classmethod
+    def of(cls, region: str, namespace: str, cycle: timedelta,
+           data: Iterable[Mapping[str, Any]]) -> tuple[LiveSeries, ...]:
+        """The series of PutMetricData entries as a seeder wrote them, one per metric, dimension set and unit."""
+        points: dict[tuple[str, tuple[tuple[str, str], ...], str], list[tuple[datetime, float]]] = {}
+        for datum in data:
+            dimensions = tuple((d["Name"], d["Value"]) for d in datum["Dimensions"])
+            points.setdefault((datum["MetricName"], dimensions, datum["Unit"]), []).append(
+                (datum["Timestamp"], datum["Value"]))
+        return tuple(cls(region, namespace, metric, dimensions, unit, cycle, tuple(series))
+                     for (metric, dimensions, unit), series in points.items())
+
+
+@dataclass(frozen=True)
+class LiveLogStream:
+    """How a seeded log stream goes on writing: its ``messages`` again, all at one instant, every ``cycle`` after
+    ``since``.
+
+    Rules that sample recent events judge their levels and bytes and count the streams that wrote: the same
+    messages keep both what the ground truth says, and writing them at one instant lets a copy enter and leave a
+    window whole.
+    """
+
+    region: str
+    group: str
+    stream: str
+    messages: tuple[str, ...]
+    since: datetime
+    cycle: timedelta
+
+
+@dataclass(frozen=True)
 class Seeded:
     """What one seeder adds to the ground truth."""
 
@@ -104,6 +162,10 @@ class Seeded:
     near_misses: tuple[NearMiss, ...] = ()
     instances: tuple[InstanceSpec, ...] = ()
     """Instances the seeder launched: idle-vms's truth about them follows from their profile, as for the base."""
+    live_series: tuple[LiveSeries, ...] = ()
+    """The CloudWatch series the seeder wrote, to be kept going as the clock moves on."""
+    live_logs: tuple[LiveLogStream, ...] = ()
+    """The log streams the seeder wrote recent events to, to be kept writing."""
 
 
 @dataclass(frozen=True)
@@ -113,18 +175,27 @@ class GroundTruth:
     volumes: tuple[VolumeSpec, ...]
     findings: tuple[ExpectedFinding, ...]
     near_misses: tuple[NearMiss, ...]
+    live_series: tuple[LiveSeries, ...] = field(default=(), repr=False)
+    """Every seeded series, as ``LiveMetrics`` keeps it going: the findings stay these as time goes by."""
+    live_logs: tuple[LiveLogStream, ...] = field(default=(), repr=False)
+    """Every log stream with recent events, as ``LiveMetrics`` keeps it writing."""
 
     @classmethod
     def of(cls, now: datetime, instances: tuple[InstanceSpec, ...], volumes: tuple[VolumeSpec, ...],
            extra: Iterable[Seeded] = ()) -> GroundTruth:
-        """Derive the expected findings and near misses from what was seeded (plus the other seeders' own)."""
+        """Derive the expected findings and near misses from what was seeded (plus the other seeders' own), and
+        gather the seeders' live series and log streams."""
         prices = default_catalog()
         findings: list[ExpectedFinding] = []
         near_misses: list[NearMiss] = []
+        live_series: list[LiveSeries] = []
+        live_logs: list[LiveLogStream] = []
         for seeded in extra:
             findings.extend(seeded.findings)
             near_misses.extend(seeded.near_misses)
             instances = (*instances, *seeded.instances)
+            live_series.extend(seeded.live_series)
+            live_logs.extend(seeded.live_logs)
         for vm in instances:
             if vm.profile == "idle":
                 findings.append(ExpectedFinding(IDLE_VMS, vm.region, vm.instance_id, vm.owner,
@@ -139,7 +210,7 @@ class GroundTruth:
                                                                          disk.region)))
             else:
                 near_misses.append(NearMiss(DETACHED_VOLUMES, disk.region, disk.volume_id, disk.kind))
-        return cls(now, instances, volumes, tuple(findings), tuple(near_misses))
+        return cls(now, instances, volumes, tuple(findings), tuple(near_misses), tuple(live_series), tuple(live_logs))
 
     @property
     def regions(self) -> frozenset[str]:

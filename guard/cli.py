@@ -71,7 +71,7 @@ def _settings(registry: Registry, **overrides: Any) -> Settings:
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=err, show_path=False)])
-    for noisy in ("botocore", "boto3", "urllib3", "apscheduler", "werkzeug"):
+    for noisy in ("botocore", "boto3", "urllib3", "apscheduler", "werkzeug", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

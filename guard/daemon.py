@@ -16,6 +16,7 @@ from guard.api import create_app
 from guard.aws import Aws
 from guard.engine import Scanner, ScanReport
 from guard.metrics import DaemonMetrics
+from guard.notify import Notifier
 from guard.rule import Registry
 from guard.settings import ConfigError, Settings
 from guard.store import Store, scope_of
@@ -38,6 +39,7 @@ class Daemon:
                           else secrets.token_urlsafe(24))
         self._ready: set[str] = set()
         self._ready_lock = threading.Lock()
+        self.notifier = Notifier(settings.webhook_url.get_secret_value()) if settings.webhook_url else None
         self.app = create_app(self.store, self.metrics, self.api_token, settings.regions, self.ready_regions)
         interval = settings.scan_interval.total_seconds()
         self.scheduler = BackgroundScheduler(
@@ -58,6 +60,10 @@ class Daemon:
                  len(report.findings), sum(report.api_calls.values()), report.duration_seconds)
         for error in report.errors:
             log.warning("scan %s: %s: %s", report.region, error["source"], error["error"])
+        if self.notifier and report.opened:
+            # one batched message per scan, sent off the scan's thread: a slow webhook never delays scanning
+            threading.Thread(target=self.notifier.new_findings, args=(report.opened,), name="notify",
+                             daemon=True).start()
 
     def start_scheduler(self, first_scan_now: bool = True) -> None:
         """One job per region: never overlapping itself, missed runs coalesced into one."""
@@ -101,4 +107,6 @@ class Daemon:
     def shutdown(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        if self.notifier:
+            self.notifier.close()
         self.store.close()

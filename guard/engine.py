@@ -53,6 +53,8 @@ class ScanReport:
     evaluations: dict[str, Evaluation] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     snapshot: Snapshot | None = None
+    opened: list[dict] = field(default_factory=list)
+    """Findings this scan opened (as the API shows them)."""
 
     @property
     def findings(self) -> list[Finding]:
@@ -105,6 +107,7 @@ class Scanner:
             return self._finish(region, "unknown", started, clock, calls_before, errors, {}, [], None)
 
         broken: dict[str, str] = {}
+        opened: list[dict] = []
         snapshot = self._snapshot(account_id, region, started, errors, broken, progress)
         evaluations: dict[str, Evaluation] = {}
         skipped: list[str] = []
@@ -128,10 +131,12 @@ class Scanner:
             billing = rule.billing or rule.id
             evaluation = replace(evaluation, findings=tuple(replace(f, billing=billing) for f in evaluation.findings))
             evaluations[rule.id] = evaluation
-            self.store.reconcile(account_id, region, rule.id, evaluation.findings, evaluation.undetermined,
-                                 now=started)
+            reconciled = self.store.reconcile(account_id, region, rule.id, evaluation.findings,
+                                              evaluation.undetermined, now=started)
+            opened.extend(reconciled.new)
         progress(region, "done")
-        return self._finish(region, account_id, started, clock, calls_before, errors, evaluations, skipped, snapshot)
+        return self._finish(region, account_id, started, clock, calls_before, errors, evaluations, skipped, snapshot,
+                            opened)
 
     def _snapshot(self, account_id: str, region: str, now: datetime, errors: list[dict[str, str]],
                   broken: dict[str, str], progress: Progress) -> Snapshot:
@@ -250,7 +255,7 @@ class Scanner:
 
     def _finish(self, region: str, account_id: str, started: datetime, clock: float,
                 calls_before: dict[str, int], errors: list[dict[str, str]], evaluations: dict[str, Evaluation],
-                skipped: list[str], snapshot: Snapshot | None) -> ScanReport:
+                skipped: list[str], snapshot: Snapshot | None, opened: list[dict] | None = None) -> ScanReport:
         duration = time.perf_counter() - clock
         calls_after = self.aws.counter.by_operation(region)
         api_calls = {op: n - calls_before.get(op, 0) for op, n in calls_after.items() if n - calls_before.get(op, 0)}
@@ -270,7 +275,7 @@ class Scanner:
         )
         report = ScanReport(region=region, account_id=account_id, status=status, started_at=started,
                             duration_seconds=duration, api_calls=api_calls, errors=errors,
-                            evaluations=evaluations, skipped=skipped, snapshot=snapshot)
+                            evaluations=evaluations, skipped=skipped, snapshot=snapshot, opened=opened or [])
         if self.on_scan:
             self.on_scan(report)
         return report

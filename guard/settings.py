@@ -65,6 +65,8 @@ class Settings(BaseSettings):
         "how often CloudWatch series are fetched again (GetMetricData bills $0.01 per 1,000 metrics); "
         "scans in between reuse them"))
     api_token: SecretStr | None = Field(None, description="bearer token for /v1/…; a random one is made if unset")
+    webhook_url: SecretStr | None = Field(None, description=(
+        "Slack-compatible incoming webhook: one message per scan that opens findings"))
     owner_tag: str = Field("owner", description="tag whose value names a resource's owner")
     protect_tag: str = Field("guard:protect=true", description="key=value tag that exempts a resource")
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-rule sections [rules.<id>]")
@@ -136,6 +138,16 @@ class Settings(BaseSettings):
             raise ValueError("use at least 16 characters, e.g. the output of `openssl rand -hex 16`")
         return value
 
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _check_webhook(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        url = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError("expected an http(s) URL, e.g. https://hooks.slack.com/services/…")
+        return value
+
     @field_validator("protect_tag")
     @classmethod
     def _check_protect_tag(cls, value: str) -> str:
@@ -191,6 +203,7 @@ class Settings(BaseSettings):
 
         data = self.model_dump(mode="json", exclude={"rules"})
         data["api_token"] = "********" if self.api_token else None
+        data["webhook_url"] = "********" if self.webhook_url else None
         data["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
         data["rules"] = {rule_id: config.model_dump(mode="json") for rule_id, config in self._rule_configs.items()}
         return data

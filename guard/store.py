@@ -140,6 +140,8 @@ class Reconciled:
     opened: int
     refreshed: int
     resolved: int
+    new: tuple[dict[str, Any], ...] = ()
+    """The findings this evaluation opened, as the API shows them (for notifications)."""
 
 
 class StoreError(Exception):
@@ -196,6 +198,7 @@ class Store:
         produced = {finding.resource_id: finding for finding in findings}
         keep_open = set(undetermined)
         opened = refreshed = resolved = 0
+        new_rows: list[FindingRow] = []
         with self.session() as session, session.begin():
             open_rows = session.scalars(
                 select(FindingRow).where(
@@ -223,8 +226,10 @@ class Store:
                                  state="open", first_seen=now)
                 _refresh(row, finding, now)
                 session.add(row)
+                new_rows.append(row)
                 opened += 1
-        return Reconciled(opened=opened, refreshed=refreshed, resolved=resolved)
+        return Reconciled(opened=opened, refreshed=refreshed, resolved=resolved,
+                          new=tuple(row.as_dict() for row in new_rows))
 
     def add_scan(self, **fields: Any) -> ScanRow:
         with self.session() as session, session.begin():

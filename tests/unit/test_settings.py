@@ -279,3 +279,13 @@ def test_misspelt_environment_variable_is_named_with_the_closest_setting(
     monkeypatch.setenv("GUARD_MOD", "enforce")
     with pytest.raises(ConfigError, match="GUARD_MOD: unknown setting; did you mean GUARD_MODE"):
         load_settings(registry)
+
+
+def test_webhook_url_is_checked_and_masked(monkeypatch: pytest.MonkeyPatch, registry: Registry) -> None:
+    monkeypatch.setenv("GUARD_WEBHOOK_URL", "https://hooks.slack.com/services/T0/B0/very-secret")
+    settings = load_settings(registry)
+    assert settings.webhook_url.get_secret_value().endswith("very-secret")
+    assert "very-secret" not in repr(settings.masked()) and settings.masked()["webhook_url"] == "********"
+    monkeypatch.setenv("GUARD_WEBHOOK_URL", "hooks.slack.com/x")
+    with pytest.raises(ConfigError, match="webhook_url = .*expected an http"):
+        load_settings(registry)

@@ -1,0 +1,65 @@
+"""The daemon tells a webhook about new findings: one message per scan that opens any, none when nothing is new."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from guard.daemon import Daemon
+from guard.sandbox import GroundTruth
+
+
+class _Receiver(http.server.BaseHTTPRequestHandler):
+    bodies: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 — the name http.server dispatches to
+        self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    bodies: list[dict] = []
+    handler = type("Receiver", (_Receiver,), {"bodies": bodies})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/secret-token-part", bodies
+    server.shutdown()
+
+
+def wait_for(bodies: list[dict], count: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while len(bodies) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_new_findings_are_announced_once_per_scan(team_account: GroundTruth, make_settings, registry,
+                                                  webhook: tuple[str, list[dict]]) -> None:
+    url, bodies = webhook
+    daemon = Daemon(make_settings(webhook_url=url), registry)
+    try:
+        for region in ("us-east-1", "us-west-2"):
+            daemon.scanner.scan(region)
+        wait_for(bodies, 2)
+        assert len(bodies) == 2  # one message per scan, however many findings it opened
+        texts = sorted(body["text"] for body in bodies)
+        expected = sorted(f"{sum(1 for key in team_account.expected() if key[1] == region)} new findings"
+                          for region in ("us-east-1", "us-west-2"))
+        assert [any(count in text for count in expected) for text in texts] == [True, True]
+        daemon.scanner.scan("us-east-1")  # nothing new: no message
+        time.sleep(0.5)
+        assert len(bodies) == 2
+        assert "secret-token-part" not in json.dumps(bodies)
+    finally:
+        daemon.shutdown()

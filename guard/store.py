@@ -7,7 +7,7 @@ evaluation of its rule no longer produces it. A finding that comes back opens a 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -140,7 +140,7 @@ class Reconciled:
     opened: int
     refreshed: int
     resolved: int
-    new: tuple[dict[str, Any], ...] = ()
+    new: tuple[dict[str, Any], ...] = field(default=(), compare=False)
     """The findings this evaluation opened, as the API shows them (for notifications)."""
 
 

@@ -212,3 +212,11 @@ def test_a_database_that_cannot_be_opened_is_one_clear_line(tmp_path: Path) -> N
     with pytest.raises(StoreError) as error:
         Store(f"sqlite:///{tmp_path}/no/such/dir/g.db")
     assert "cannot open the database" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_reconcile_returns_the_findings_it_opened(store: Store) -> None:
+    first = reconcile(store, [finding("i-1"), finding("i-2")], T0)
+    assert sorted(row["resource_id"] for row in first.new) == ["i-1", "i-2"]
+    assert all(row["state"] == "open" and row["id"] for row in first.new)
+    again = reconcile(store, [finding("i-1"), finding("i-2"), finding("i-3")], T1)
+    assert [row["resource_id"] for row in again.new] == ["i-3"]

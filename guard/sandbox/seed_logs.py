@@ -35,7 +35,9 @@ LOG_RETENTION = "log-retention"
 WINDOW = timedelta(hours=1)
 MIN_HOURLY_USD = 0.50
 DEBUG_SHARE_MIN = 0.5
-MIN_STORED_GB = 1.0
+MIN_RECLAIMABLE_GB = 1.0
+RETENTION_DAYS = 30
+"""log-retention's defaults: what a 30-day policy would free must exceed 1 GB."""
 
 PERIOD = timedelta(minutes=5)
 INGEST_POINTS = 10
@@ -325,10 +327,11 @@ def _log_retention_truth(group: _Group) -> ExpectedFinding | NearMiss:
     if group.retention_days is not None:
         return NearMiss(LOG_RETENTION, group.region, group.name, "retention-set")
     stored_bytes = round(group.stored_gb * GB) if group.stored_gb is not None else 0
-    if stored_bytes / GB <= MIN_STORED_GB:
+    reclaimable_gb = stored_bytes / GB * max(0.0, 1 - RETENTION_DAYS / group.age_days)
+    if reclaimable_gb <= MIN_RECLAIMABLE_GB:
         return NearMiss(LOG_RETENTION, group.region, group.name, "below-threshold")
     return ExpectedFinding(LOG_RETENTION, group.region, group.name, group.owner or UNKNOWN_OWNER,
-                           stored_bytes / GB * LOGS_STORAGE_USD_PER_GB_MONTH / HOURS_PER_MONTH)
+                           reclaimable_gb * LOGS_STORAGE_USD_PER_GB_MONTH / HOURS_PER_MONTH)
 
 
 def seed(context: SeedContext) -> Seeded:

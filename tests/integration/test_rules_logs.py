@@ -35,7 +35,7 @@ def test_findings_equal_the_ground_truth(team_account: GroundTruth, make_scanner
         expected = team_account.expected(rule)
         assert expected and set(rows) == set(expected), rule
         for key, truth in expected.items():
-            assert rows[key].waste_hourly_usd == pytest.approx(truth.waste_hourly_usd, abs=1e-9), key
+            assert rows[key].waste_hourly_usd == pytest.approx(truth.waste_hourly_usd, rel=1e-6), key
             assert rows[key].owner == truth.owner
         near_misses = {miss.key for miss in team_account.near_misses if miss.rule == rule}
         assert near_misses and not near_misses & set(rows), rule
@@ -80,6 +80,8 @@ def test_log_retention_evidence_is_what_the_account_stores(team_account: GroundT
     findings = {f.resource_id: f for report in reports.values() for f in report.evaluations["log-retention"].findings}
     legacy = findings["/ecs/legacy-batch"]
     assert legacy.evidence["stored_bytes"] == 1250 * 10**9
-    assert legacy.severity.value == "high" and legacy.evidence["monthly_usd"] == 37.5
+    # a 30-day policy frees 1250 × (1 − 30/600) = 1187.5 GB: $35.63 a month
+    assert legacy.evidence["reclaimable_gb"] == pytest.approx(1187.5, rel=1e-6)
+    assert legacy.severity.value == "high" and legacy.evidence["monthly_usd"] == 35.63
     assert legacy.evidence["age"].startswith("600d")  # and the seconds since seeding
     assert legacy.evidence["growth_gb_per_month"] == pytest.approx(1250 / 600 / 24 * 730, rel=1e-4)

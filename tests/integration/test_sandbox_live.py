@@ -65,5 +65,7 @@ def test_a_later_scan_finds_the_ground_truth(sandbox: SandboxServer, make_scanne
     assert grown_up
     assert found.keys() == expected.keys() | grown_up
     for key, usd in expected.items():
-        assert found[key] == (None if usd is None else pytest.approx(usd, abs=1e-9)), key
+        # what a retention policy would free moves with the log group's age (the time since seeding): not exact
+        tolerance = {"rel": 1e-3} if key[0] == "log-retention" else {"abs": 1e-9}
+        assert found[key] == (None if usd is None else pytest.approx(usd, **tolerance)), key
     assert undetermined == {key for key in truth.undetermined() if judged(key)} - grown_up

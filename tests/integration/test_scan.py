@@ -30,7 +30,7 @@ def test_findings_equal_the_ground_truth(team_account: GroundTruth, make_scanner
         if truth.waste_hourly_usd is None:
             assert found[key] is None, key
         else:
-            assert found[key] == pytest.approx(truth.waste_hourly_usd, abs=1e-9), key
+            assert found[key] == pytest.approx(truth.waste_hourly_usd, rel=1e-6), key
     assert {rule for rule, _, _ in found} == {rule for rule, _, _ in expected}
 
 

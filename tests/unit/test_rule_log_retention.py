@@ -1,4 +1,4 @@
-"""rules.log_retention: log groups that never expire anything and store more than min_stored_gb."""
+"""rules.log_retention: log groups that never expire anything, where a retention policy would free data."""
 
 from __future__ import annotations
 
@@ -33,52 +33,63 @@ def evaluate(*groups: LogGroup, rule: LogRetention | None = None, region: str = 
     return (rule or LogRetention()).evaluate(snapshot, context)
 
 
+def reclaimable(stored_gb: float, age_days: float, retention_days: int = 30) -> float:
+    return stored_gb * (1 - retention_days / age_days)
+
+
 def test_never_expiring_group_is_a_priced_finding_with_evidence() -> None:
     result = evaluate(make_group(tags={"owner": "maria"}))
     assert result.undetermined == frozenset()
     (finding,) = result.findings
-    assert finding.waste_hourly_usd == pytest.approx(340 * 0.03 / 730)
-    assert finding.waste_hourly_usd == pytest.approx(0.0140, abs=1e-4)  # the docstring's example
+    assert finding.waste_hourly_usd == pytest.approx(reclaimable(340, 365) * 0.03 / 730)
+    assert finding.waste_hourly_usd == pytest.approx(0.0128, abs=1e-4)  # the docstring's example
     assert (finding.rule, finding.resource_id, finding.resource_type, finding.region) == (
         "log-retention", "/aws/lambda/etl-nightly", "log-group", "us-east-1")
     assert finding.owner == "maria"
     assert finding.suggested_action == "set-retention"
-    assert finding.severity is Severity.medium  # $10.20 a month
+    assert finding.severity is Severity.medium  # $9.36 a month
     evidence = finding.evidence
     assert evidence["stored_bytes"] == 340 * GB
     assert evidence["stored_gb"] == 340.0
+    assert evidence["reclaimable_gb"] == pytest.approx(312.055, abs=1e-3)
     assert evidence["retention_days"] is None
     assert evidence["suggested_retention_days"] == 30
     assert evidence["age"] == "365d"
     assert evidence["growth_gb_per_month"] == pytest.approx(340 / (365 * 24) * HOURS_PER_MONTH, abs=1e-3)
     assert "since creation" in evidence["growth_basis"]
     assert evidence["usd_per_gb_month"] == LOGS_STORAGE_USD_PER_GB_MONTH
-    assert evidence["monthly_usd"] == pytest.approx(10.20)
+    assert evidence["monthly_usd"] == pytest.approx(9.36)
     assert evidence["price"] == "known"
-    assert finding.summary == ("340.0 GB kept forever (no retention policy), +28.3 GB/month — "
-                               "$0.0140/hour ($10.20/month)")
+    assert finding.summary == ("340.0 GB kept forever (no retention policy), +28.3 GB/month; "
+                               "30 days' retention frees 312.1 GB — $0.0128/hour ($9.36/month)")
     json.dumps(evidence)
 
 
-def test_young_group_has_no_growth_estimate() -> None:
-    (finding,) = evaluate(make_group(age=timedelta(hours=20))).findings
-    assert finding.evidence["growth_gb_per_month"] is None
-    assert finding.evidence["growth_basis"].startswith("not measured")
-    assert "growing" in finding.summary
-    assert finding.waste_hourly_usd == pytest.approx(340 * 0.03 / 730)
+@pytest.mark.parametrize("age", [timedelta(hours=20), timedelta(days=30)])
+def test_a_group_younger_than_the_retention_frees_nothing_yet(age: timedelta) -> None:
+    result = evaluate(make_group(stored_gb=5000, age=age))
+    assert result.findings == () and result.undetermined == frozenset()
+
+
+def test_a_group_just_past_a_day_has_a_growth_estimate_once_it_frees_something() -> None:
+    rule = LogRetention(LogRetention.Config(retention_days=1))
+    (finding,) = evaluate(make_group(age=timedelta(days=2)), rule=rule).findings
+    assert finding.evidence["growth_gb_per_month"] == pytest.approx(340 / 48 * HOURS_PER_MONTH, abs=1e-3)
+    assert finding.waste_hourly_usd == pytest.approx(170 * 0.03 / 730)
 
 
 @pytest.mark.parametrize("stored_gb", [1.5, 42.0, 3000.0])
-def test_waste_is_stored_gb_times_gb_month_price_over_730(stored_gb: float) -> None:
+def test_waste_is_what_the_policy_frees_times_gb_month_price_over_730(stored_gb: float) -> None:
     (finding,) = evaluate(make_group(stored_gb=stored_gb)).findings
-    assert finding.waste_hourly_usd == pytest.approx(stored_gb * LOGS_STORAGE_USD_PER_GB_MONTH / HOURS_PER_MONTH)
+    assert finding.waste_hourly_usd == pytest.approx(
+        reclaimable(stored_gb, 365) * LOGS_STORAGE_USD_PER_GB_MONTH / HOURS_PER_MONTH)
 
 
 @pytest.mark.parametrize(("stored_bytes", "found"), [
-    (GB - 1, False), (GB, False), (GB + 1, True), (0, False), (10 * GB, True)])
-def test_stored_bytes_threshold_near_misses(stored_bytes: int, found: bool) -> None:
+    (2 * GB - 2, False), (2 * GB, False), (2 * GB + 2, True), (0, False), (10 * GB, True)])
+def test_reclaimable_threshold_near_misses(stored_bytes: int, found: bool) -> None:
     group = LogGroup(name="/g", arn="arn:/g", stored_bytes=stored_bytes, retention_days=None,
-                     creation_time=NOW - timedelta(days=30))
+                     creation_time=NOW - timedelta(days=60))  # 30 days' retention frees half
     assert bool(evaluate(group).findings) is found
 
 
@@ -89,17 +100,18 @@ def test_any_retention_policy_is_fine(retention_days: int) -> None:
 
 
 @pytest.mark.parametrize(("stored_gb", "severity"), [
-    (1000, Severity.high), (999, Severity.medium), (100, Severity.medium), (99, Severity.low), (2, Severity.low)])
+    (1112, Severity.high), (1110, Severity.medium), (112, Severity.medium), (110, Severity.low), (3, Severity.low)])
 def test_severity_follows_the_monthly_cost(stored_gb: float, severity: Severity) -> None:
-    (finding,) = evaluate(make_group(stored_gb=stored_gb)).findings
+    # 300 days old: a 30-day policy frees 90%; high from 1,000 GB freed ($30/month), medium from 100 GB
+    (finding,) = evaluate(make_group(stored_gb=stored_gb, age=timedelta(days=300))).findings
     assert finding.severity is severity
 
 
 def test_custom_thresholds_apply() -> None:
-    rule = LogRetention(LogRetention.Config(min_stored_gb=500, retention_days=90, high_monthly_usd=5,
+    rule = LogRetention(LogRetention.Config(min_reclaimable_gb=500, retention_days=90, high_monthly_usd=5,
                                             medium_monthly_usd=1))
-    assert evaluate(make_group(stored_gb=340), rule=rule).findings == ()
-    (finding,) = evaluate(make_group(stored_gb=501), rule=rule).findings
+    assert evaluate(make_group(stored_gb=340), rule=rule).findings == ()  # 90 days' retention frees 256 GB
+    (finding,) = evaluate(make_group(stored_gb=700), rule=rule).findings  # frees 527 GB
     assert finding.severity is Severity.high
     assert finding.evidence["suggested_retention_days"] == 90
 
@@ -136,8 +148,8 @@ def test_region_without_a_known_price_reports_unknown_waste() -> None:
 
 
 @pytest.mark.parametrize("values", [
-    {"min_stored_gb": -1}, {"retention_days": 10}, {"retention_days": 0}, {"high_monthly_usd": -5},
-    {"medium_monthly_usd": 50, "high_monthly_usd": 30}, {"min_stored": 1}, {"min_stored_gb": "lots"},
+    {"min_reclaimable_gb": -1}, {"retention_days": 10}, {"retention_days": 0}, {"high_monthly_usd": -5},
+    {"medium_monthly_usd": 50, "high_monthly_usd": 30}, {"min_stored": 1}, {"min_reclaimable_gb": "lots"},
 ])
 def test_bad_config_is_rejected(values: dict) -> None:
     with pytest.raises(ValidationError):
@@ -148,7 +160,7 @@ def test_every_retention_aws_accepts_is_accepted() -> None:
     for days in RETENTION_DAYS:
         assert LogRetention.Config(retention_days=days).retention_days == days
     config = LogRetention.Config()
-    assert (config.min_stored_gb, config.retention_days) == (1.0, 30)
+    assert (config.min_reclaimable_gb, config.retention_days) == (1.0, 30)
 
 
 @settings(max_examples=150, deadline=None)
@@ -162,14 +174,15 @@ def test_findings_are_exactly_the_large_unprotected_never_expiring_groups(
                        creation_time=NOW - timedelta(days=age_days),
                        tags=freeze_tags({"guard:protect": "true"} if protected else {}))
               for index, (stored, retention, protected, age_days) in enumerate(specs)]
-    result = evaluate(*groups, rule=LogRetention(LogRetention.Config(min_stored_gb=threshold)), region=region)
+    result = evaluate(*groups, rule=LogRetention(LogRetention.Config(min_reclaimable_gb=threshold)), region=region)
     expected = {g.name for g in groups if g.retention_days is None and not CONTEXT.is_protected(g.tags)
-                and g.stored_bytes / GB > threshold}
+                and reclaimable(g.stored_bytes / GB, max((NOW - g.creation_time).days, 30)) > threshold}
     assert [f.resource_id for f in result.findings] == [g.name for g in groups if g.name in expected]
     by_name = {g.name: g for g in groups}
     for finding in result.findings:
         if region == "us-east-1":
-            stored_gb = by_name[finding.resource_id].stored_bytes / GB
-            assert finding.waste_hourly_usd == pytest.approx(stored_gb * 0.03 / 730)
+            group = by_name[finding.resource_id]
+            freed = reclaimable(group.stored_bytes / GB, (NOW - group.creation_time).days)
+            assert finding.waste_hourly_usd == pytest.approx(freed * 0.03 / 730)
         else:
             assert finding.waste_hourly_usd is None

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from guard.model import SNAPSHOT_PARTS, Evaluation, LogSampleRequest, MetricQuery, Snapshot, Tags
+from guard.model import SNAPSHOT_PARTS, Evaluation, LogSampleRequest, MetricQuery, Severity, Snapshot, Tags
 from guard.pricing import PriceCatalog
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,17 @@ class Rule:
 
     def evaluate(self, snapshot: Snapshot, context: Context) -> Evaluation:
         raise NotImplementedError
+
+
+def severity_by_monthly(monthly_usd: float | None, high: float, medium: float) -> Severity:
+    """Severity from a finding's monthly cost; an unknown price is medium (worth a look, not an alarm)."""
+    if monthly_usd is None:
+        return Severity.medium
+    if monthly_usd >= high:
+        return Severity.high
+    if monthly_usd >= medium:
+        return Severity.medium
+    return Severity.low
 
 
 @dataclass(frozen=True)

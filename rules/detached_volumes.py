@@ -7,9 +7,9 @@ from datetime import timedelta
 from pydantic import Field
 
 from guard.durations import Duration, format_duration
-from guard.model import Evaluation, Finding, Severity, Snapshot, Volume
+from guard.model import Evaluation, Finding, Snapshot, Volume
 from guard.pricing import EBS_PRICE_BASIS, EBS_USD_PER_GB_MONTH, HOURS_PER_MONTH
-from guard.rule import Context, Rule, RuleConfig
+from guard.rule import Context, Rule, RuleConfig, severity_by_monthly
 
 
 class DetachedVolumesConfig(RuleConfig):
@@ -56,14 +56,7 @@ class DetachedVolumes(Rule):
     def _finding(self, volume: Volume, region: str, context: Context, age: timedelta) -> Finding:
         hourly = context.prices.volume_hourly_usd(volume.volume_type, volume.size_gib, region)
         monthly = hourly * HOURS_PER_MONTH if hourly is not None else None
-        if monthly is None:
-            severity = Severity.medium
-        elif monthly >= self.config.high_monthly_usd:
-            severity = Severity.high
-        elif monthly >= self.config.medium_monthly_usd:
-            severity = Severity.medium
-        else:
-            severity = Severity.low
+        severity = severity_by_monthly(monthly, self.config.high_monthly_usd, self.config.medium_monthly_usd)
         price_text = f"${hourly:.4f}/hour" if hourly is not None else "price unknown"
         age_days = age.total_seconds() / 86400
         return Finding(

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from guard.durations import format_duration
 from guard.model import Evaluation, Finding, LogGroup, Severity, Snapshot
 from guard.pricing import GB, HOURS_PER_MONTH, LOGS_STORAGE_USD_PER_GB_MONTH
-from guard.rule import Context, Rule, RuleConfig
+from guard.rule import Context, Rule, RuleConfig, severity_by_monthly
 
 RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
                   3288, 3653)
@@ -78,13 +78,7 @@ class LogRetention(Rule):
         return Evaluation(findings=tuple(findings))
 
     def _severity(self, monthly: float | None) -> Severity:
-        if monthly is None:
-            return Severity.medium
-        if monthly >= self.config.high_monthly_usd:
-            return Severity.high
-        if monthly >= self.config.medium_monthly_usd:
-            return Severity.medium
-        return Severity.low
+        return severity_by_monthly(monthly, self.config.high_monthly_usd, self.config.medium_monthly_usd)
 
     def _reclaimable_gb(self, group: LogGroup, age: timedelta) -> float:
         """What the policy would delete now, if the group's data arrived evenly since its creation."""

@@ -7,14 +7,14 @@ from datetime import timedelta
 from pydantic import Field, model_validator
 
 from guard.durations import Duration, format_duration
-from guard.model import EbsSnapshot, Evaluation, Finding, Severity, Snapshot
+from guard.model import EbsSnapshot, Evaluation, Finding, Snapshot
 from guard.pricing import (
     COPIED_SNAPSHOT_VOLUME_ID,
     HOURS_PER_MONTH,
     SNAPSHOT_ARCHIVE_USD_PER_GB_MONTH,
     SNAPSHOT_USD_PER_GB_MONTH,
 )
-from guard.rule import Context, Rule, RuleConfig
+from guard.rule import Context, Rule, RuleConfig, severity_by_monthly
 
 BACKUP_TAGS = ("aws:backup:source-resource", "aws:dlm:lifecycle-policy-id")
 """Tags AWS Backup and Data Lifecycle Manager put on the snapshots they manage (and expire themselves)."""
@@ -79,12 +79,7 @@ class OrphanedSnapshots(Rule):
         per_gb_month = SNAPSHOT_ARCHIVE_USD_PER_GB_MONTH if ebs.storage_tier == "archive" else SNAPSHOT_USD_PER_GB_MONTH
         monthly = ebs.size_gib * per_gb_month
         hourly = monthly / HOURS_PER_MONTH
-        if monthly >= self.config.high_monthly_usd:
-            severity = Severity.high
-        elif monthly >= self.config.medium_monthly_usd:
-            severity = Severity.medium
-        else:
-            severity = Severity.low
+        severity = severity_by_monthly(monthly, self.config.high_monthly_usd, self.config.medium_monthly_usd)
         if ebs.volume_id == COPIED_SNAPSHOT_VOLUME_ID:
             source = "a volume of another region or account (a copy)"
         elif ebs.volume_id:

@@ -8,9 +8,9 @@ from datetime import timedelta
 from pydantic import Field, model_validator
 
 from guard.durations import Duration, format_duration
-from guard.model import Evaluation, Finding, Instance, Severity, Snapshot, Volume
+from guard.model import Evaluation, Finding, Instance, Snapshot, Volume
 from guard.pricing import EBS_PRICE_BASIS, HOURS_PER_MONTH
-from guard.rule import Context, Rule, RuleConfig
+from guard.rule import Context, Rule, RuleConfig, severity_by_monthly
 
 
 class StoppedInstanceVolumesConfig(RuleConfig):
@@ -91,14 +91,7 @@ class StoppedInstanceVolumes(Rule):
         # a partial sum would silently under-report: any unpriced volume makes the whole finding's price unknown
         hourly = sum(known) if len(known) == len(priced) else None
         monthly = hourly * HOURS_PER_MONTH if hourly is not None else None
-        if monthly is None:
-            severity = Severity.medium
-        elif monthly >= self.config.high_monthly_usd:
-            severity = Severity.high
-        elif monthly >= self.config.medium_monthly_usd:
-            severity = Severity.medium
-        else:
-            severity = Severity.low
+        severity = severity_by_monthly(monthly, self.config.high_monthly_usd, self.config.medium_monthly_usd)
         total_gib = sum(part["size_gib"] or 0 for part in priced)
         price_text = (f"${hourly:.4f}/hour" if hourly is not None
                       else f"price unknown for {len(priced) - len(known)} of {len(priced)} volumes")

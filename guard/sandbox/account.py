@@ -146,7 +146,8 @@ _YOUNG_VOLUME_AGE = timedelta(hours=3)
 _IO1_IOPS = 3000
 
 
-def _tags(owner: str | None, name: str | None, protect: bool = False) -> list[dict[str, str]]:
+def team_tags(owner: str | None, name: str | None, protect: bool = False) -> list[dict[str, str]]:
+    """A team resource's tags: owner, team, Name, and the protect tag if asked; none for an unowned one."""
     if owner is None:
         return []
     tags = [{"Key": "owner", "Value": owner}, {"Key": "team", "Value": TEAMS[owner]}]
@@ -204,7 +205,7 @@ def seed_team_account(endpoint_url: str, now: datetime | None = None) -> GroundT
     live: list[LiveSeries] = []  # each series goes on repeating its seeded span
     for launch in LAUNCHES:
         ids, zone = _run_instances(endpoint_url, launch.region, launch.instance_type, len(launch.profiles),
-                                   _tags(launch.owner, launch.name, launch.protect))
+                                   team_tags(launch.owner, launch.name, launch.protect))
         young = launch.profiles[0] == "young"
         launched_at = now - YOUNG_AGE if young else _days_ago(now, rng, 0.25, 40)
         if launch.name:
@@ -248,7 +249,7 @@ def _seed_disks(endpoint_url: str, now: datetime, rng: random.Random,
             instance_id, zone = first_of[disk.attach_to]
         else:
             instance_id, zone = None, disk.region + rng.choice("abc")
-        tags = _tags(disk.owner, disk.name, protect=disk.kind == "protected")
+        tags = team_tags(disk.owner, disk.name, protect=disk.kind == "protected")
         volume_id = _create_volume(endpoint_url, disk.region, zone, disk.volume_type, disk.size_gib, tags)
         if instance_id:
             sandbox_client(endpoint_url, "ec2", disk.region).attach_volume(
@@ -296,7 +297,7 @@ def seed_fleet(endpoint_url: str, region: str, instances: int = 1000, volumes: i
         instance_type = _FLEET_TYPES[number % len(_FLEET_TYPES)]
         owner = owners[number % len(owners)]
         ids, _ = _run_instances(endpoint_url, region, instance_type, min(per_reservation, instances - start),
-                                _tags(owner, f"fleet-{number:04d}"))
+                                team_tags(owner, f"fleet-{number:04d}"))
         instance_ids.extend(ids)
     idle_ids = tuple(instance_ids[0::2]) if with_metrics else ()
     if with_metrics:
@@ -313,7 +314,7 @@ def seed_fleet(endpoint_url: str, region: str, instances: int = 1000, volumes: i
         owner = owners[number % len(owners)]
         volume_type = rng.choice(("gp3", "gp2"))
         volume_id = _create_volume(endpoint_url, region, region + "abc"[number % 3], volume_type,
-                                   rng.choice((8, 50, 100, 500, 1000)), _tags(owner, f"fleet-data-{number:04d}"))
+                                   rng.choice((8, 50, 100, 500, 1000)), team_tags(owner, f"fleet-data-{number:04d}"))
         created[volume_id] = _days_ago(now, rng, 2, 90)
     if in_this_process(endpoint_url):
         backdate(endpoint_url, region, volumes=created)

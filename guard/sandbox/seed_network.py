@@ -14,7 +14,7 @@ from typing import Literal
 
 from guard.pricing import GB, NAT_GATEWAY_USD_PER_GB, NAT_GATEWAY_USD_PER_HOUR, PUBLIC_IPV4_USD_PER_HOUR
 from guard.sandbox import metrics
-from guard.sandbox.account import PROTECT_TAG, REGIONS, TEAMS
+from guard.sandbox.account import REGIONS, team_tags
 from guard.sandbox.backdate import backdate
 from guard.sandbox.server import sandbox_client
 from guard.sandbox.truth import UNKNOWN_OWNER, ExpectedFinding, LiveSeries, NearMiss, SeedContext, Seeded
@@ -86,16 +86,6 @@ _OUTBOUND_SHARE = 4
 """A quarter of the processed bytes go out from the VPC (requests), the rest come back (downloads)."""
 
 
-def _tags(owner: str | None, name: str | None, protect: bool = False) -> list[dict[str, str]]:
-    if owner is None:
-        return []
-    tags = [{"Key": "owner", "Value": owner}, {"Key": "team", "Value": TEAMS[owner]}]
-    if name:
-        tags.append({"Key": "Name", "Value": name})
-    if protect:
-        tags.append(PROTECT_TAG)
-    return tags
-
 
 def _tag_specs(tags: list[dict[str, str]], resource_type: str) -> dict:
     return {"TagSpecifications": [{"ResourceType": resource_type, "Tags": tags}]} if tags else {}
@@ -121,7 +111,7 @@ def seed(context: SeedContext) -> Seeded:
         ec2 = sandbox_client(context.endpoint_url, "ec2", region)
         for eip in (e for e in EIPS if e.region == region):
             allocation_id = ec2.allocate_address(Domain="vpc", **_tag_specs(
-                _tags(eip.owner, eip.name, eip.kind == "protected"), "elastic-ip"))["AllocationId"]
+                team_tags(eip.owner, eip.name, eip.kind == "protected"), "elastic-ip"))["AllocationId"]
             if eip.attach_to:
                 ec2.associate_address(AllocationId=allocation_id,
                                       InstanceId=first_instance[(region, eip.attach_to)])
@@ -139,20 +129,20 @@ def seed(context: SeedContext) -> Seeded:
 
 def _seed_nat_gateways(context: SeedContext, region: str) -> Seeded:
     ec2 = sandbox_client(context.endpoint_url, "ec2", region)
-    team_tags = _tags("tom.becker", "team-vpc")
+    vpc_tags = team_tags("tom.becker", "team-vpc")
     vpc_cidr, subnet_cidr = _CIDRS[region]
-    vpc_id = ec2.create_vpc(CidrBlock=vpc_cidr, **_tag_specs(team_tags, "vpc"))["Vpc"]["VpcId"]
+    vpc_id = ec2.create_vpc(CidrBlock=vpc_cidr, **_tag_specs(vpc_tags, "vpc"))["Vpc"]["VpcId"]
     gateway_id = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
     ec2.attach_internet_gateway(InternetGatewayId=gateway_id, VpcId=vpc_id)
     subnet_id = ec2.create_subnet(VpcId=vpc_id, CidrBlock=subnet_cidr, AvailabilityZone=f"{region}a",
-                                  **_tag_specs(team_tags, "subnet"))["Subnet"]["SubnetId"]
+                                  **_tag_specs(vpc_tags, "subnet"))["Subnet"]["SubnetId"]
     findings, near_misses = [], []
     created: dict[str, datetime] = {}
     datums: list[dict] = []
     live: list[LiveSeries] = []
     newest = context.now - timedelta(minutes=30)
     for nat in (n for n in NATS if n.region == region):
-        tags = _tags(nat.owner, nat.name, nat.kind == "protected")
+        tags = team_tags(nat.owner, nat.name, nat.kind == "protected")
         allocation_id = ec2.allocate_address(Domain="vpc", **_tag_specs(tags, "elastic-ip"))["AllocationId"]
         nat_id = ec2.create_nat_gateway(SubnetId=subnet_id, AllocationId=allocation_id,
                                         **_tag_specs(tags, "natgateway"))["NatGateway"]["NatGatewayId"]

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from guard.pricing import HOURS_PER_MONTH, SNAPSHOT_USD_PER_GB_MONTH, default_catalog
-from guard.sandbox.account import PROTECT_TAG, REGIONS, TEAMS
+from guard.sandbox.account import REGIONS, team_tags
 from guard.sandbox.backdate import backdate
 from guard.sandbox.server import SandboxError, sandbox_client
 from guard.sandbox.truth import UNKNOWN_OWNER, ExpectedFinding, NearMiss, SeedContext, Seeded
@@ -81,16 +81,6 @@ STOPS = (
 """The base account's three stopped instances; each must have been launched before the stop time given here."""
 
 
-def _tags(owner: str | None, name: str | None, protect: bool = False) -> list[dict[str, str]]:
-    if owner is None:
-        return []
-    tags = [{"Key": "owner", "Value": owner}, {"Key": "team", "Value": TEAMS[owner]}]
-    if name:
-        tags.append({"Key": "Name", "Value": name})
-    if protect:
-        tags.append(PROTECT_TAG)
-    return tags
-
 
 def seed(context: SeedContext) -> Seeded:
     """Make both regions' snapshots and backdate the stopped instances; return what the two rules must report."""
@@ -108,7 +98,7 @@ def _seed_snapshots(context: SeedContext, region: str) -> Seeded:
     team_volumes = {v.name: v.volume_id for v in context.volumes if v.region == region and v.name}
     created: dict[str, _Snap] = {}
     for snap in (s for s in SNAPSHOTS if s.region == region):
-        tags = _tags(snap.owner, snap.name, snap.kind == "protected")
+        tags = team_tags(snap.owner, snap.name, snap.kind == "protected")
         if snap.kind in _OF_AN_IMAGE:
             image_id = ec2.register_image(Name=snap.name or "image", Architecture="x86_64", RootDeviceName="/dev/xvda",
                                           VirtualizationType="hvm")["ImageId"]

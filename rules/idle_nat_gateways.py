@@ -9,7 +9,13 @@ from pydantic import Field, model_validator
 
 from guard.durations import Duration, Period, format_duration
 from guard.model import Evaluation, Finding, MetricQuery, NatGateway, Severity, Snapshot
-from guard.pricing import GB, HOURS_PER_MONTH, NAT_GATEWAY_USD_PER_GB, NAT_GATEWAY_USD_PER_HOUR
+from guard.pricing import (
+    GB,
+    HOURS_PER_MONTH,
+    NAT_GATEWAY_USD_PER_GB,
+    NAT_GATEWAY_USD_PER_HOUR,
+    PUBLIC_IPV4_USD_PER_HOUR,
+)
 from guard.rule import Context, Rule, RuleConfig
 
 NAMESPACE = "AWS/NATGateway"
@@ -133,6 +139,8 @@ class IdleNatGateways(Rule):
                 "bytes_per_hour": {metric: round(value, 3) for metric, value in bytes_per_hour.items()},
                 "gateway_usd_per_hour": NAT_GATEWAY_USD_PER_HOUR,
                 "processing_usd_per_hour": processing,
+                "also": (f"its Elastic IP keeps billing ${PUBLIC_IPV4_USD_PER_HOUR}/hour after the gateway is deleted: "
+                         "release it too (unattached-eips reports it then)"),
                 "monthly_usd": round(hourly * HOURS_PER_MONTH, 2),
                 "price": "known",
             },

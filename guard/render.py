@@ -8,10 +8,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from guard.pricing import HOURS_PER_MONTH
 
+WIDE_TERMINAL = 150
+"""Columns from which the summary gets a column of its own."""
 SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "dim", "info": "cyan"}
 
 
@@ -43,17 +46,23 @@ def print_findings(console: Console, findings: list[dict[str, Any]], title: str 
     for finding in findings:
         by_rule[finding["rule"]].append(finding)
     unknown = 0
+    # On a narrow terminal the summary goes under the resource id instead of in a column of its own.
+    wide = console.width >= WIDE_TERMINAL
     for rule, rows in sorted(by_rule.items()):
         table = Table(title=f"{rule} — {len(rows)} finding{'s' if len(rows) != 1 else ''}", title_justify="left",
-                      show_footer=True, expand=False)
+                      show_footer=True, expand=False, show_lines=not wide)
         subtotal = sum(r["waste_hourly_usd"] or 0.0 for r in rows)
-        table.add_column("region")
-        table.add_column("resource", footer="total")
-        table.add_column("owner")
-        table.add_column("severity")
-        table.add_column("$/hour", justify="right", footer=_money(subtotal))
-        table.add_column("$/month", justify="right", footer=_money(subtotal * HOURS_PER_MONTH, 2))
-        table.add_column("why")
+        if wide:
+            table.add_column("region", no_wrap=True)
+        table.add_column("resource" if wide else "resource, region, severity, why", footer="total", overflow="fold",
+                         min_width=min(max(len(r["resource_id"]) for r in rows), 40))
+        table.add_column("owner", overflow="fold")
+        if wide:
+            table.add_column("severity", no_wrap=True)
+        table.add_column("$/hour", justify="right", no_wrap=True, footer=_money(subtotal))
+        table.add_column("$/month", justify="right", no_wrap=True, footer=_money(subtotal * HOURS_PER_MONTH, 2))
+        if wide:
+            table.add_column("why")
         for row in sorted(rows, key=lambda r: (-(r["waste_hourly_usd"] or 0), r["region"], r["resource_id"])):
             hourly = row["waste_hourly_usd"]
             if row["severity"] == "info":
@@ -61,9 +70,13 @@ def print_findings(console: Console, findings: list[dict[str, Any]], title: str 
             else:
                 per_hour = _money(hourly)
                 per_month = _money(hourly * HOURS_PER_MONTH if hourly is not None else None, 2)
-            table.add_row(row["region"], row["resource_id"], row["owner"],
-                          f"[{SEVERITY_STYLE.get(row['severity'], '')}]{row['severity']}[/]",
-                          per_hour, per_month, row["summary"])
+            severity = f"[{SEVERITY_STYLE.get(row['severity'], '')}]{row['severity']}[/]"
+            resource, summary = escape(row["resource_id"]), escape(row["summary"])
+            if wide:
+                table.add_row(row["region"], resource, escape(row["owner"]), severity, per_hour, per_month, summary)
+            else:
+                table.add_row(f"{resource}\n{row['region']} · {severity}\n[dim]{summary}[/dim]",
+                              escape(row["owner"]), per_hour, per_month)
             unknown += hourly is None and row["severity"] != "info"
         console.print(table)
     line = (f"[bold]Total waste: {_money(total)}/hour, {_money(total * HOURS_PER_MONTH, 2)}/month[/bold] "

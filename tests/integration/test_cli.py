@@ -97,8 +97,11 @@ def test_demo_once_prints_the_sandbox_findings_with_dollars(tmp_path: Path) -> N
     assert "matches the sandbox's ground truth" in result.stderr
 
 
-def test_demo_once_table(tmp_path: Path) -> None:
-    result = guard("demo", "--once", cwd=tmp_path, timeout=180, env={"COLUMNS": "200"})
+@pytest.mark.parametrize("columns", ["80", "200"])
+def test_demo_once_table(tmp_path: Path, columns: str) -> None:
+    result = guard("demo", "--once", cwd=tmp_path, timeout=180, env={"COLUMNS": columns})
     assert result.returncode == 0, result.stderr
     assert all(rule in result.stdout for rule in discover_rules().rules)
     assert "Total waste: $" in result.stdout and "/month" in result.stdout
+    assert "…" not in result.stdout  # resource ids are never cut short, even on a narrow terminal
+    assert max(len(line) for line in result.stdout.splitlines()) <= int(columns)

@@ -39,6 +39,8 @@ class Daemon:
                           else secrets.token_urlsafe(24))
         self._ready: set[str] = set()
         self._ready_lock = threading.Lock()
+        self._failing: dict[str, frozenset[str]] = {}
+        """Region → the error sources of its last scan: a failure is announced when it starts, not every scan."""
         self.notifier = Notifier(settings.webhook_url.get_secret_value()) if settings.webhook_url else None
         self.app = create_app(self.store, self.metrics, self.api_token, settings.regions, self.ready_regions)
         interval = settings.scan_interval.total_seconds()
@@ -60,10 +62,15 @@ class Daemon:
                  len(report.findings), sum(report.api_calls.values()), report.duration_seconds)
         for error in report.errors:
             log.warning("scan %s: %s: %s", report.region, error["source"], error["error"])
-        if self.notifier and report.opened:
-            # one batched message per scan, sent off the scan's thread: a slow webhook never delays scanning
-            threading.Thread(target=self.notifier.new_findings, args=(report.opened,), name="notify",
-                             daemon=True).start()
+        sources = frozenset(error["source"] for error in report.errors)
+        new_errors = [dict(error, region=report.region) for error in report.errors
+                      if error["source"] not in self._failing.get(report.region, frozenset())]
+        self._failing[report.region] = sources
+        if self.notifier:
+            # batched messages sent off the scan's thread: a slow webhook never delays scanning
+            for send, items in ((self.notifier.new_findings, report.opened), (self.notifier.failures, new_errors)):
+                if items:
+                    threading.Thread(target=send, args=(items,), name="notify", daemon=True).start()
 
     def start_scheduler(self, first_scan_now: bool = True) -> None:
         """One job per region: never overlapping itself, missed runs coalesced into one."""

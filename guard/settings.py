@@ -66,7 +66,7 @@ class Settings(BaseSettings):
         "scans in between reuse them"))
     api_token: SecretStr | None = Field(None, description="bearer token for /v1/…; a random one is made if unset")
     webhook_url: SecretStr | None = Field(None, description=(
-        "Slack-compatible incoming webhook: one message per scan that opens findings"))
+        "Slack-compatible incoming webhook: one message per scan that opens findings or starts failing"))
     owner_tag: str = Field("owner", description="tag whose value names a resource's owner")
     protect_tag: str = Field("guard:protect=true", description="key=value tag that exempts a resource")
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-rule sections [rules.<id>]")

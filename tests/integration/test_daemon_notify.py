@@ -63,3 +63,21 @@ def test_new_findings_are_announced_once_per_scan(team_account: GroundTruth, mak
         assert "secret-token-part" not in json.dumps(bodies)
     finally:
         daemon.shutdown()
+
+
+def test_a_failure_is_announced_when_it_starts_not_on_every_scan(
+        team_account: GroundTruth, make_settings, registry, webhook: tuple[str, list[dict]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    url, bodies = webhook
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDWATCH", "http://127.0.0.1:9")  # nothing listens there
+    daemon = Daemon(make_settings(webhook_url=url, regions=["us-east-1"]), registry)
+    try:
+        daemon.scanner.scan("us-east-1")
+        wait_for(bodies, 2)
+        failures = [body for body in bodies if "fail" in body["text"].lower()]
+        assert len(failures) == 1 and "collector:metrics" in json.dumps(failures[0])
+        daemon.scanner.scan("us-east-1")  # still failing the same way: no second message
+        time.sleep(0.5)
+        assert len([body for body in bodies if "fail" in body["text"].lower()]) == 1
+    finally:
+        daemon.shutdown()

@@ -13,11 +13,13 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from importlib.metadata import entry_points
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from guard.durations import Duration, Period, format_duration
 from guard.model import SNAPSHOT_PARTS, Evaluation, LogSampleRequest, MetricQuery, Severity, Snapshot, Tags
 from guard.pricing import PriceCatalog
 
@@ -32,6 +34,32 @@ class RuleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
+
+
+class WindowedConfig(RuleConfig):
+    """Settings of a rule that reads CloudWatch over a window of whole periods (a subclass sets the defaults)."""
+
+    window: Duration = Field(timedelta(hours=1), description="how far back the metrics are read")
+    period: Period = Field(timedelta(minutes=5), description="CloudWatch period (5 min = basic monitoring)")
+
+    @model_validator(mode="after")
+    def _window_holds_a_period(self) -> WindowedConfig:
+        if self.window < self.period:
+            raise ValueError(f"window must be at least one period ({format_duration(self.period)})")
+        return self
+
+
+class MonthlySeverityConfig(RuleConfig):
+    """Settings of a rule whose severity follows a finding's monthly cost (see ``severity_by_monthly``)."""
+
+    high_monthly_usd: float = Field(50.0, ge=0, description="monthly cost from which a finding is high severity")
+    medium_monthly_usd: float = Field(10.0, ge=0, description="monthly cost from which a finding is medium severity")
+
+    @model_validator(mode="after")
+    def _ordered_severities(self) -> MonthlySeverityConfig:
+        if self.medium_monthly_usd > self.high_monthly_usd:
+            raise ValueError("medium_monthly_usd must not exceed high_monthly_usd")
+        return self
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from guard.durations import Duration, Period, format_duration
 from guard.model import Bucket, Evaluation, Finding, MetricQuery, Severity, Snapshot
 from guard.pricing import HOURS_PER_MONTH, S3_TIER1_USD_PER_1000, S3_TIER2_USD_PER_1000
-from guard.rule import Context, Rule, RuleConfig
+from guard.rule import Context, Rule, WindowedConfig
 
 OPERATION_USD_PER_1000: Mapping[str, float] = {
     "PUT": S3_TIER1_USD_PER_1000,
@@ -143,17 +143,11 @@ def hourly_usd(record: BucketRequests) -> float:
     return sum(hourly_usd_by_operation(record).values())
 
 
-class ChattyS3Config(RuleConfig):
+class ChattyS3Config(WindowedConfig):
     window: Duration = Field(timedelta(hours=1), description="how far back requests are counted")
     period: Period = Field(timedelta(minutes=5), description="CloudWatch period the request counts are summed by")
     min_hourly_usd: float = Field(0.10, ge=0, description="request cost per hour above which a bucket is reported")
     high_hourly_usd: float = Field(1.0, ge=0, description="request cost per hour from which a finding is high severity")
-
-    @model_validator(mode="after")
-    def _window_holds_a_period(self) -> ChattyS3Config:
-        if self.window < self.period:
-            raise ValueError(f"window must be at least one period ({format_duration(self.period)})")
-        return self
 
 
 class ChattyS3(Rule):

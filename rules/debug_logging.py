@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from guard.durations import Duration, Period, format_duration
 from guard.model import Evaluation, Finding, LogGroup, LogSample, LogSampleRequest, MetricQuery, Severity, Snapshot
 from guard.pricing import GB, HOURS_PER_MONTH, logs_ingest_usd_per_gb
-from guard.rule import Context, Rule, RuleConfig
+from guard.rule import Context, Rule, WindowedConfig
 
 EVENT_OVERHEAD_BYTES = 26
 """CloudWatch Logs bills each event as its UTF-8 message plus 26 bytes."""
@@ -96,7 +96,7 @@ def debug_share(messages: Sequence[str]) -> DebugShare:
     return DebugShare(share=debug / total, debug_events=events, events=len(messages))
 
 
-class DebugLoggingConfig(RuleConfig):
+class DebugLoggingConfig(WindowedConfig):
     window: Duration = Field(timedelta(hours=1), description="ingestion is averaged, and events sampled, over this")
     period: Period = Field(timedelta(minutes=5), description="CloudWatch period of the IncomingBytes sums")
     min_hourly_usd: float = Field(0.50, ge=0, description="log groups ingesting at least this $/hour at the $0.50/GB "
@@ -112,9 +112,7 @@ class DebugLoggingConfig(RuleConfig):
     medium_streams: int = Field(10, ge=1, description="active streams from which a finding is medium severity")
 
     @model_validator(mode="after")
-    def _consistent(self) -> DebugLoggingConfig:
-        if self.window < self.period:
-            raise ValueError(f"window must be at least one period ({format_duration(self.period)})")
+    def _ordered_streams(self) -> DebugLoggingConfig:
         if self.medium_streams > self.high_streams:
             raise ValueError("medium_streams must not exceed high_streams")
         return self

@@ -9,13 +9,11 @@ from pydantic import Field
 from guard.durations import Duration, format_duration
 from guard.model import Evaluation, Finding, Snapshot, Volume
 from guard.pricing import EBS_PRICE_BASIS, EBS_USD_PER_GB_MONTH, HOURS_PER_MONTH
-from guard.rule import Context, Rule, RuleConfig, severity_by_monthly
+from guard.rule import Context, MonthlySeverityConfig, Rule, severity_by_monthly
 
 
-class DetachedVolumesConfig(RuleConfig):
+class DetachedVolumesConfig(MonthlySeverityConfig):
     min_age: Duration = Field(timedelta(hours=24), description="volumes younger than this are left alone")
-    high_monthly_usd: float = Field(50.0, ge=0, description="monthly cost from which a finding is high severity")
-    medium_monthly_usd: float = Field(10.0, ge=0, description="monthly cost from which a finding is medium severity")
 
 
 class DetachedVolumes(Rule):

@@ -6,12 +6,12 @@ import math
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from guard.durations import Duration, Period, format_duration
 from guard.model import Evaluation, Finding, Instance, MetricQuery, Severity, Snapshot
 from guard.pricing import HOURS_PER_MONTH
-from guard.rule import Context, Rule, RuleConfig
+from guard.rule import Context, Rule, WindowedConfig
 
 GPU_METRIC = ("CWAgent", "nvidia_smi_utilization_gpu")
 """What the CloudWatch agent's nvidia_gpu plugin publishes: one series per GPU (dimension ``index``)."""
@@ -19,7 +19,7 @@ GPU_METRIC = ("CWAgent", "nvidia_smi_utilization_gpu")
 DimensionSet = tuple[tuple[str, str], ...]
 
 
-class IdleGPUConfig(RuleConfig):
+class IdleGPUConfig(WindowedConfig):
     window: Duration = Field(timedelta(hours=1), description="how far back utilisation is averaged")
     period: Period = Field(timedelta(minutes=5), description="CloudWatch period (5 min = basic monitoring)")
     gpu_percent_max: float = Field(10.0, ge=0, le=100,
@@ -27,12 +27,6 @@ class IdleGPUConfig(RuleConfig):
     cpu_percent_max: float = Field(5.0, ge=0, le=100,
                                    description="without GPU metrics: idle when average CPU is below this")
     min_coverage: float = Field(0.8, gt=0, le=1, description="share of the window's datapoints required per series")
-
-    @model_validator(mode="after")
-    def _window_holds_a_period(self) -> IdleGPUConfig:
-        if self.window < self.period:
-            raise ValueError(f"window must be at least one period ({format_duration(self.period)})")
-        return self
 
 
 class IdleGPU(Rule):

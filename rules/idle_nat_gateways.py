@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from guard.durations import Duration, Period, format_duration
 from guard.model import Evaluation, Finding, MetricQuery, NatGateway, Severity, Snapshot
@@ -16,7 +16,7 @@ from guard.pricing import (
     NAT_GATEWAY_USD_PER_HOUR,
     PUBLIC_IPV4_USD_PER_HOUR,
 )
-from guard.rule import Context, Rule, RuleConfig
+from guard.rule import Context, Rule, WindowedConfig
 
 NAMESPACE = "AWS/NATGateway"
 PROCESSED_METRICS = ("BytesInFromSource", "BytesInFromDestination")
@@ -24,7 +24,7 @@ PROCESSED_METRICS = ("BytesInFromSource", "BytesInFromDestination")
 metrics are the same bytes leaving the other side, so adding them would count each byte twice."""
 
 
-class IdleNatGatewaysConfig(RuleConfig):
+class IdleNatGatewaysConfig(WindowedConfig):
     window: Duration = Field(timedelta(hours=24), description="how far back traffic is summed: a full day covers "
                              "nightly jobs and every time zone's working hours")
     period: Period = Field(timedelta(hours=1), description="CloudWatch period of the sums (hourly: 24 points a day)")
@@ -32,12 +32,6 @@ class IdleNatGatewaysConfig(RuleConfig):
                                   "(1 GB is $0.045 of processing against $1.08 a day of gateway hours)")
     min_age: Duration = Field(timedelta(hours=24), description="gateways younger than this are not judged")
     min_coverage: float = Field(0.8, gt=0, le=1, description="share of the window's datapoints required per series")
-
-    @model_validator(mode="after")
-    def _window_holds_a_period(self) -> IdleNatGatewaysConfig:
-        if self.window < self.period:
-            raise ValueError(f"window must be at least one period ({format_duration(self.period)})")
-        return self
 
 
 class IdleNatGateways(Rule):

@@ -5,28 +5,22 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from guard.durations import Duration, Period, format_duration
 from guard.model import Evaluation, Finding, Instance, MetricQuery, Severity, Snapshot
 from guard.pricing import HOURS_PER_MONTH
-from guard.rule import Context, Rule, RuleConfig
+from guard.rule import Context, Rule, WindowedConfig
 
 _MB = 1_000_000
 
 
-class IdleVMsConfig(RuleConfig):
+class IdleVMsConfig(WindowedConfig):
     window: Duration = Field(timedelta(hours=1), description="how far back utilisation is averaged")
     period: Period = Field(timedelta(minutes=5), description="CloudWatch period (5 min = basic monitoring)")
     cpu_percent_max: float = Field(5.0, ge=0, le=100, description="average CPU below this is idle")
     network_mb_per_hour_max: float = Field(5.0, ge=0, description="NetworkIn+NetworkOut below this is idle")
     min_coverage: float = Field(0.8, gt=0, le=1, description="share of the window's datapoints required")
-
-    @model_validator(mode="after")
-    def _window_holds_a_period(self) -> IdleVMsConfig:
-        if self.window < self.period:
-            raise ValueError(f"window must be at least one period ({format_duration(self.period)})")
-        return self
 
 
 class IdleVMs(Rule):

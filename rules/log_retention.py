@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from guard.durations import format_duration
 from guard.model import Evaluation, Finding, LogGroup, Severity, Snapshot
 from guard.pricing import GB, HOURS_PER_MONTH, LOGS_STORAGE_USD_PER_GB_MONTH
-from guard.rule import Context, Rule, RuleConfig, severity_by_monthly
+from guard.rule import Context, MonthlySeverityConfig, Rule, severity_by_monthly
 
 RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
                   3288, 3653)
 """The values PutRetentionPolicy accepts."""
 
 
-class LogRetentionConfig(RuleConfig):
+class LogRetentionConfig(MonthlySeverityConfig):
     min_reclaimable_gb: float = Field(1.0, ge=0, description="log groups without a retention policy where the "
                                       "policy would free more than this (GB = 10^9 bytes) are findings")
     retention_days: int = Field(30, description="the retention the fix sets (a value PutRetentionPolicy accepts)")
@@ -31,12 +31,6 @@ class LogRetentionConfig(RuleConfig):
         if value not in RETENTION_DAYS:
             raise ValueError(f"CloudWatch Logs accepts only {', '.join(map(str, RETENTION_DAYS))} days")
         return value
-
-    @model_validator(mode="after")
-    def _ordered(self) -> LogRetentionConfig:
-        if self.medium_monthly_usd > self.high_monthly_usd:
-            raise ValueError("medium_monthly_usd must not exceed high_monthly_usd")
-        return self
 
 
 class LogRetention(Rule):

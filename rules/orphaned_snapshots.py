@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from guard.durations import Duration, format_duration
 from guard.model import EbsSnapshot, Evaluation, Finding, Snapshot
@@ -14,24 +14,16 @@ from guard.pricing import (
     SNAPSHOT_ARCHIVE_USD_PER_GB_MONTH,
     SNAPSHOT_USD_PER_GB_MONTH,
 )
-from guard.rule import Context, Rule, RuleConfig, severity_by_monthly
+from guard.rule import Context, MonthlySeverityConfig, Rule, severity_by_monthly
 
 BACKUP_TAGS = ("aws:backup:source-resource", "aws:dlm:lifecycle-policy-id")
 """Tags AWS Backup and Data Lifecycle Manager put on the snapshots they manage (and expire themselves)."""
 BACKUP_DESCRIPTION = "This snapshot is created by the AWS Backup service"
 
 
-class OrphanedSnapshotsConfig(RuleConfig):
+class OrphanedSnapshotsConfig(MonthlySeverityConfig):
     min_age: Duration = Field(timedelta(days=7), description="snapshots younger than this are left alone: a week "
                               "lets a snapshot-before-delete be restored or reviewed first")
-    high_monthly_usd: float = Field(50.0, ge=0, description="monthly cost from which a finding is high severity")
-    medium_monthly_usd: float = Field(10.0, ge=0, description="monthly cost from which a finding is medium severity")
-
-    @model_validator(mode="after")
-    def _ordered_severities(self) -> OrphanedSnapshotsConfig:
-        if self.medium_monthly_usd > self.high_monthly_usd:
-            raise ValueError("medium_monthly_usd must not exceed high_monthly_usd")
-        return self
 
 
 class OrphanedSnapshots(Rule):

@@ -5,25 +5,17 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import timedelta
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from guard.durations import Duration, format_duration
 from guard.model import Evaluation, Finding, Instance, Snapshot, Volume
 from guard.pricing import EBS_PRICE_BASIS, HOURS_PER_MONTH
-from guard.rule import Context, Rule, RuleConfig, severity_by_monthly
+from guard.rule import Context, MonthlySeverityConfig, Rule, severity_by_monthly
 
 
-class StoppedInstanceVolumesConfig(RuleConfig):
+class StoppedInstanceVolumesConfig(MonthlySeverityConfig):
     min_stopped: Duration = Field(timedelta(days=7), description="instances stopped for less than this are left "
                                   "alone: a week spans long weekends and holidays")
-    high_monthly_usd: float = Field(50.0, ge=0, description="monthly cost from which a finding is high severity")
-    medium_monthly_usd: float = Field(10.0, ge=0, description="monthly cost from which a finding is medium severity")
-
-    @model_validator(mode="after")
-    def _ordered_severities(self) -> StoppedInstanceVolumesConfig:
-        if self.medium_monthly_usd > self.high_monthly_usd:
-            raise ValueError("medium_monthly_usd must not exceed high_monthly_usd")
-        return self
 
 
 class StoppedInstanceVolumes(Rule):

@@ -11,7 +11,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -71,6 +71,24 @@ def describe_aws_error(exc: BaseException) -> str:
     if isinstance(exc, BotoCoreError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
+
+
+def _refreshed(caches: dict[str, tuple[datetime, dict]], region: str, wanted: list, now: datetime, every: timedelta,
+               fetch: Callable[[list], dict]) -> dict:
+    """Values for the wanted keys: cached ones until the region's cache is ``every`` old, only the missing fetched.
+
+    The cache keeps only what was wanted this time, so resources that went away do not pile up.
+    """
+    cached_at, cache = caches.get(region, (None, {}))
+    if cached_at is None or now - cached_at >= every:
+        cached_at, cache = now, {}
+    missing = [key for key in dict.fromkeys(wanted) if key not in cache]
+    if missing:
+        cache = cache | fetch(missing)
+    keys = set(wanted)
+    kept = {key: value for key, value in cache.items() if key in keys}
+    caches[region] = (cached_at, kept)
+    return kept
 
 
 class Scanner:
@@ -199,15 +217,9 @@ class Scanner:
 
     def _log_samples(self, region: str, requests: list[LogSampleRequest], now: datetime) -> dict[str, LogSample]:
         """Log samples, read again only every ``metrics_refresh`` per log group (each read is several calls)."""
-        cached_at, cache = self._sample_cache.get(region, (None, {}))
-        if cached_at is None or now - cached_at >= self.settings.metrics_refresh:
-            cached_at, cache = now, {}
-        missing = [r for r in dict.fromkeys(requests) if r not in cache]
-        if missing:
-            cache = cache | collect_log_samples(self.aws, region, missing, now)
-        wanted = set(requests)
-        self._sample_cache[region] = (cached_at, {r: s for r, s in cache.items() if r in wanted})
-        return {r.log_group: cache[r] for r in wanted if r in cache}
+        fresh = _refreshed(self._sample_cache, region, requests, now, self.settings.metrics_refresh,
+                           lambda missing: collect_log_samples(self.aws, region, missing, now))
+        return {request.log_group: sample for request, sample in fresh.items()}
 
     def _metrics(self, region: str, queries: list[MetricQuery], now: datetime,
                  advance: Callable[[int], None]) -> dict[MetricQuery, Series]:
@@ -215,15 +227,8 @@ class Scanner:
 
         Between refreshes only queries not seen before (a new instance, say) are fetched.
         """
-        wanted = set(queries)
-        cached_at, cache = self._metric_cache.get(region, (None, {}))
-        if cached_at is None or now - cached_at >= self.settings.metrics_refresh:
-            cached_at, cache = now, {}
-        missing = [q for q in dict.fromkeys(queries) if q not in cache]
-        if missing:
-            cache = cache | collect_metrics(self.aws, region, missing, now, advance)
-        self._metric_cache[region] = (cached_at, {q: s for q, s in cache.items() if q in wanted})
-        return {q: cache[q] for q in wanted}
+        return _refreshed(self._metric_cache, region, queries, now, self.settings.metrics_refresh,
+                          lambda missing: collect_metrics(self.aws, region, missing, now, advance))
 
     @staticmethod
     def _partial(account_id: str, region: str, now: datetime, parts: dict[str, object]) -> Snapshot:

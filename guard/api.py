@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from guard.audit import STATUSES, ApprovalError, AuditLog
 from guard.metrics import DaemonMetrics
 from guard.store import Store
 
@@ -53,6 +55,38 @@ class ScanOut(BaseModel):
     findings_open: int
 
 
+class ActionOut(BaseModel):
+    """An action's audit row: the intent (what, on what, why, who approved) and its outcome."""
+
+    id: int
+    key: str = Field(description="idempotency key: the same action for the same cause is never recorded twice")
+    rule: str
+    action: Literal["stop", "terminate", "snapshot-then-delete", "release", "set-retention", "delete"]
+    account_id: str
+    region: str
+    resource_id: str
+    resource_type: str
+    owner: str
+    finding_id: int | None
+    parent_id: int | None = Field(description="the stop action a terminate follows")
+    params: dict[str, Any]
+    summary: str
+    waste_hourly_usd: float | None
+    status: Literal[STATUSES]
+    mode: str
+    approved_by: str | None
+    planned_at: str
+    approved_at: str | None
+    started_at: str | None
+    finished_at: str | None
+    detail: dict[str, Any]
+    error: str | None
+
+
+class Approval(BaseModel):
+    by: str = Field(min_length=1, max_length=200, description="who approves (recorded in the audit trail)")
+
+
 class Readiness(BaseModel):
     ready: bool
     regions_scanned: list[str]
@@ -60,7 +94,7 @@ class Readiness(BaseModel):
 
 
 def create_app(store: Store, metrics: DaemonMetrics, api_token: str, regions: list[str],
-               ready: Callable[[], set[str]]) -> FastAPI:
+               ready: Callable[[], set[str]], audit: AuditLog | None = None) -> FastAPI:
     """The app; ``ready()`` returns the regions that have completed a successful scan."""
     app = FastAPI(
         title="vmguard",
@@ -102,5 +136,33 @@ def create_app(store: Store, metrics: DaemonMetrics, api_token: str, regions: li
              summary="Recent scans, newest first")
     def scans(region: str | None = None, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
         return [row.as_dict() for row in store.scans(region=region, limit=limit)]
+
+    audit = audit or AuditLog(store)
+
+    @app.get("/v1/actions", response_model=list[ActionOut], dependencies=[Depends(require_token)],
+             summary="The action audit trail, newest first")
+    def actions(status: Literal[STATUSES] | None = None, rule: str | None = None, region: str | None = None,
+                limit: int = Query(1000, ge=1, le=10000)) -> list[dict[str, Any]]:
+        return [row.as_dict() for row in audit.actions(status=status, rule=rule, region=region, limit=limit)]
+
+    @app.get("/v1/actions/{action_id}", response_model=ActionOut, dependencies=[Depends(require_token)],
+             summary="One action", responses={404: {"description": "no such action"}})
+    def action(action_id: int) -> dict[str, Any]:
+        row = audit.get(action_id)
+        if row is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"action {action_id}: no such action")
+        return row.as_dict()
+
+    @app.post("/v1/actions/{action_id}/approve", response_model=ActionOut, dependencies=[Depends(require_token)],
+              summary="Approve one planned (would-do) action: it runs at its region's next scan, through every gate",
+              responses={404: {"description": "no such action"}, 409: {"description": "not a planned action"}})
+    def approve(action_id: int, approval: Approval) -> dict[str, Any]:
+        if audit.get(action_id) is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"action {action_id}: no such action")
+        try:
+            row = audit.approve(action_id, by=f"api:{approval.by}", now=datetime.now(timezone.utc))
+        except ApprovalError as exc:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from None
+        return row.as_dict()
 
     return app

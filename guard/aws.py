@@ -1,17 +1,24 @@
-"""AWS access: boto3 clients with standard retries, and a counter of every request sent.
+"""AWS access: boto3 clients with standard retries, a counter of every request sent, and a mutation lock.
 
 Credentials come from the standard chain (environment, profiles, SSO, instance role);
 ``AWS_ENDPOINT_URL`` is honoured by botocore itself. Nothing here knows which AWS it talks to.
+
+Every client refuses any operation that is not a read unless the calling thread is inside
+``Aws.mutating(...)`` naming that operation: the action runner opens it only after the safety gates pass,
+so a read path that mutates by mistake fails loudly instead of changing the account.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 RETRY_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 5},
@@ -19,6 +26,18 @@ RETRY_CONFIG = Config(
     read_timeout=20,
     max_pool_connections=20,
 )
+
+READ_PREFIXES = ("Describe", "List", "Get", "Filter", "Head", "Lookup", "Search")
+"""Operation name prefixes that only read; anything else counts as mutating (an unknown verb fails safe)."""
+
+
+def is_read_only(operation: str) -> bool:
+    return operation.startswith(READ_PREFIXES)
+
+
+class MutationRefused(RuntimeError):
+    """A mutating AWS call was attempted outside an allowed ``Aws.mutating`` block; nothing was sent."""
+
 
 CallKey = tuple[str, str, str]
 """(region, service, operation)"""
@@ -59,6 +78,24 @@ class Aws:
         self._clients: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
         self._account_id: str | None = None
+        self._allowed = threading.local()
+
+    @contextmanager
+    def mutating(self, *operations: str) -> Iterator[None]:
+        """Allow this thread to call the named ``service:Operation`` mutations (and no others) inside the block."""
+        previous = getattr(self._allowed, "operations", frozenset())
+        self._allowed.operations = previous | frozenset(operations)
+        try:
+            yield
+        finally:
+            self._allowed.operations = previous
+
+    def _check_mutation(self, service: str, event_name: str, **_: object) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        if is_read_only(operation) or f"{service}:{operation}" in getattr(self._allowed, "operations", ()):
+            return
+        raise MutationRefused(f"{service}:{operation} refused: mutating calls are made only by the action runner, "
+                              "past the safety gates")
 
     def _on_send(self, region: str, event_name: str, **_: object) -> None:
         # event_name is "before-send.<service>.<Operation>"
@@ -71,6 +108,7 @@ class Aws:
             if key not in self._clients:
                 client = self.session.client(service, region_name=region, config=RETRY_CONFIG)
                 client.meta.events.register("before-send", partial(self._on_send, region))
+                client.meta.events.register("before-call", partial(self._check_mutation, service))
                 self._clients[key] = client
             return self._clients[key]
 
@@ -79,3 +117,15 @@ class Aws:
         if self._account_id is None:
             self._account_id = self.client("sts", region).get_caller_identity()["Account"]
         return self._account_id
+
+
+def describe_aws_error(exc: BaseException) -> str:
+    """One line a person can act on."""
+    if isinstance(exc, NoCredentialsError):
+        return "no AWS credentials found: configure a profile (AWS_PROFILE), SSO, env keys or an instance role"
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{exc.operation_name}: {error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
+    if isinstance(exc, BotoCoreError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -241,18 +241,100 @@ def check_config() -> None:
         json.dumps(settings.masked(), indent=2))
 
 
-class Mode(str, Enum):
+class PolicyMode(str, Enum):
     observe = "observe"
+    dry_run = "dry-run"
+    enforce = "enforce"
 
 
 @app.command("iam-policy")
-def iam_policy(mode: Mode = typer.Option(Mode.observe, "--mode", help="the daemon mode the policy is for")) -> None:
-    """Print the least-privilege IAM policy for the enabled rules."""
-    from guard.iam import observe_policy, render
+def iam_policy(mode: PolicyMode = typer.Option(
+        PolicyMode.observe, "--mode", help="observe/dry-run: read-only; enforce: plus the enabled actions")) -> None:
+    """Print the least-privilege IAM policy for the enabled rules (and, for enforce, their configured actions)."""
+    from guard.iam import enforce_policy, observe_policy, render
 
     registry = _registry()
     settings = _settings(registry)
-    print(render(observe_policy(registry.rules[rule_id] for rule_id in settings.enabled_rules())))
+    rules = [registry.rules[rule_id](settings.rule_configs[rule_id]) for rule_id in settings.enabled_rules()]
+    if mode is PolicyMode.enforce:
+        print(render(enforce_policy(rules, settings.managed_tag_pair, settings.protect_tag_pair)))
+    else:
+        print(render(observe_policy(rules)))
+
+
+actions_app = typer.Typer(help="The actions the daemon planned or took (its audit trail); approve planned ones.",
+                          no_args_is_help=True)
+app.add_typer(actions_app, name="actions")
+
+
+def _audit(settings: Settings):
+    from guard.audit import AuditLog
+
+    return AuditLog(_store(settings))
+
+
+@actions_app.command("list")
+def actions_list(
+    status: str = typer.Option(None, "--status", help="only this status, e.g. would-do, done, failed"),
+    rule: str = typer.Option(None, "--rule", help="only this rule"),
+    region: str = typer.Option(None, "--region", help="only this region"),
+    limit: int = typer.Option(100, "--limit", min=1, help="at most this many, newest first"),
+    output: Format = typer.Option(Format.table, "--format"),
+) -> None:
+    """List actions, newest first."""
+    from guard.audit import STATUSES
+
+    if status and status not in STATUSES:
+        raise _fail(f"--status {status!r}: expected one of {', '.join(STATUSES)}")
+    settings = _settings(_registry())
+    rows = [row.as_dict() for row in _audit(settings).actions(status=status, rule=rule, region=region, limit=limit)]
+    if output is Format.json:
+        print(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print("no actions" + (f" with status {status}" if status else "") + ".")
+        return
+    from rich.table import Table
+
+    table = Table("id", "status", "action", "rule", "region", "resource", "owner", "$/hour", "when", "by",
+                  title="actions")
+    for row in rows:
+        hourly = row["waste_hourly_usd"]
+        table.add_row(str(row["id"]), row["status"], row["action"], row["rule"], row["region"], row["resource_id"],
+                      row["owner"], f"{hourly:,.4f}" if hourly is not None else "?",
+                      (row["finished_at"] or row["started_at"] or row["planned_at"])[:19].replace("T", " "),
+                      row["approved_by"] or "")
+    console.print(table)
+
+
+@actions_app.command("show")
+def actions_show(action_id: int = typer.Argument(..., help="the action's id (from `guard actions list`)")) -> None:
+    """Everything recorded about one action, as JSON."""
+    row = _audit(_settings(_registry())).get(action_id)
+    if row is None:
+        raise _fail(f"action {action_id}: no such action; `guard actions list` shows them", code=1)
+    print(json.dumps(row.as_dict(), indent=2))
+
+
+@actions_app.command("approve")
+def actions_approve(
+    action_id: int = typer.Argument(..., help="the planned (would-do) action to carry out"),
+    by: str = typer.Option(None, "--by", help="who approves (default: your user name)"),
+) -> None:
+    """Approve one planned action: the daemon carries it out at its region's next scan, through every gate."""
+    import getpass
+    from datetime import datetime, timezone
+
+    from guard.audit import ApprovalError
+
+    settings = _settings(_registry())
+    try:
+        row = _audit(settings).approve(action_id, by=f"cli:{by or getpass.getuser()}", now=datetime.now(timezone.utc))
+    except ApprovalError as exc:
+        raise _fail(str(exc), code=1) from None
+    err.print(f"approved action {row.id}: {row.action} {row.resource_id} in {row.region}; it runs at the next scan "
+              f"of {row.region} (within {int(settings.scan_interval.total_seconds())}s when the daemon runs), "
+              "after the gates are checked again", highlight=False, soft_wrap=True)
 
 
 @app.command("rules")

@@ -41,8 +41,12 @@ class Daemon:
         self._ready_lock = threading.Lock()
         self._failing: dict[str, frozenset[str]] = {}
         """Region → the error sources of its last scan: a failure is announced when it starts, not every scan."""
+        self._announcing: set[int] = set()
+        """Findings whose announcement is being delivered (not sent twice while a slow webhook retries)."""
+        self._announce_lock = threading.Lock()
         self.notifier = Notifier(settings.webhook_url.get_secret_value()) if settings.webhook_url else None
-        self.app = create_app(self.store, self.metrics, self.api_token, settings.regions, self.ready_regions)
+        self.app = create_app(self.store, self.metrics, self.api_token, settings.regions, self.ready_regions,
+                              self.scanner.actuator.audit)
         interval = settings.scan_interval.total_seconds()
         self.scheduler = BackgroundScheduler(
             timezone=timezone.utc,
@@ -68,9 +72,37 @@ class Daemon:
         self._failing[report.region] = sources
         if self.notifier:
             # batched messages sent off the scan's thread: a slow webhook never delays scanning
-            for send, items in ((self.notifier.new_findings, report.opened), (self.notifier.failures, new_errors)):
+            announce = self._to_announce(report)
+            if announce:
+                threading.Thread(target=self._announce, args=(announce,), name="notify", daemon=True).start()
+            for send, items in ((self.notifier.planned_actions, report.actions.planned),
+                                (self.notifier.executed_actions, report.actions.executed),
+                                (self.notifier.failures, new_errors + report.actions.failed)):
                 if items:
                     threading.Thread(target=send, args=(items,), name="notify", daemon=True).start()
+
+    def _to_announce(self, report: ScanReport) -> list[dict]:
+        """New findings, plus open ones with an action configured that no message has announced yet (a webhook
+        that was down, or added later): an action is due only after its finding was announced."""
+        acting = {rule_id for rule_id, config in self.settings.rule_configs.items()
+                  if config.enabled and config.action != "notify"}
+        opened = {finding["id"] for finding in report.opened}
+        unannounced = [] if not acting or report.account_id == "unknown" else [
+            row.as_dict() for row in self.store.open_findings(report.account_id, report.region)
+            if row.rule in acting and row.notified_at is None and row.id not in opened]
+        with self._announce_lock:
+            findings = [f for f in [*report.opened, *unannounced] if f["id"] not in self._announcing]
+            self._announcing.update(finding["id"] for finding in findings)
+        return findings
+
+    def _announce(self, findings: list[dict]) -> None:
+        """Send the findings; once delivered, their actions' grace may end (a finding is never acted on unseen)."""
+        try:
+            if self.notifier.new_findings(findings).delivered:
+                self.store.mark_notified([finding["id"] for finding in findings], datetime.now(timezone.utc))
+        finally:
+            with self._announce_lock:
+                self._announcing.difference_update(finding["id"] for finding in findings)
 
     def start_scheduler(self, first_scan_now: bool = True) -> None:
         """One job per region: never overlapping itself, missed runs coalesced into one."""

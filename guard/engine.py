@@ -14,9 +14,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from types import MappingProxyType
 
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
-from guard.aws import Aws
+from guard.actions.runner import ActionReport, Actuator
+from guard.aws import Aws, describe_aws_error
 from guard.collectors import RESOURCE_COLLECTORS, collect_listings, collect_log_samples, collect_metrics
 from guard.model import (
     SNAPSHOT_PARTS,
@@ -55,22 +54,11 @@ class ScanReport:
     snapshot: Snapshot | None = None
     opened: list[dict] = field(default_factory=list)
     """Findings this scan opened (as the API shows them)."""
+    actions: ActionReport = field(default_factory=ActionReport)
 
     @property
     def findings(self) -> list[Finding]:
         return [finding for evaluation in self.evaluations.values() for finding in evaluation.findings]
-
-
-def describe_aws_error(exc: BaseException) -> str:
-    """One line a person can act on."""
-    if isinstance(exc, NoCredentialsError):
-        return "no AWS credentials found: configure a profile (AWS_PROFILE), SSO, env keys or an instance role"
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        return f"{exc.operation_name}: {error.get('Code', 'Error')}: {error.get('Message', '')}".strip()
-    if isinstance(exc, BotoCoreError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _refreshed(caches: dict[str, tuple[datetime, dict]], region: str, wanted: list, now: datetime, every: timedelta,
@@ -107,6 +95,7 @@ class Scanner:
         self.rules: list[Rule] = [
             registry.rules[rule_id](settings.rule_configs[rule_id]) for rule_id in settings.enabled_rules()
         ]
+        self.actuator = Actuator(settings, self.rules, aws, store)
         protect_key, protect_value = settings.protect_tag_pair
         self.context = Context(prices=self.prices, owner_tag=settings.owner_tag,
                                protect_tag=protect_key, protect_value=protect_value)
@@ -152,9 +141,16 @@ class Scanner:
             reconciled = self.store.reconcile(account_id, region, rule.id, evaluation.findings,
                                               evaluation.undetermined, now=started)
             opened.extend(reconciled.new)
+        progress(region, "acting" if self.settings.mode != "observe" else "done")
+        try:
+            actions = self.actuator.run(account_id, region, snapshot, datetime.now(timezone.utc))
+        except Exception as exc:  # the store or AWS failed mid-phase: intents left pending are resumed next time
+            log.exception("action phase failed in %s", region)
+            errors.append({"source": "actions", "error": describe_aws_error(exc)})
+            actions = ActionReport()
         progress(region, "done")
         return self._finish(region, account_id, started, clock, calls_before, errors, evaluations, skipped, snapshot,
-                            opened)
+                            opened, actions)
 
     def _snapshot(self, account_id: str, region: str, now: datetime, errors: list[dict[str, str]],
                   broken: dict[str, str], progress: Progress) -> Snapshot:
@@ -260,7 +256,8 @@ class Scanner:
 
     def _finish(self, region: str, account_id: str, started: datetime, clock: float,
                 calls_before: dict[str, int], errors: list[dict[str, str]], evaluations: dict[str, Evaluation],
-                skipped: list[str], snapshot: Snapshot | None, opened: list[dict] | None = None) -> ScanReport:
+                skipped: list[str], snapshot: Snapshot | None, opened: list[dict] | None = None,
+                actions: ActionReport | None = None) -> ScanReport:
         duration = time.perf_counter() - clock
         calls_after = self.aws.counter.by_operation(region)
         api_calls = {op: n - calls_before.get(op, 0) for op, n in calls_after.items() if n - calls_before.get(op, 0)}
@@ -280,7 +277,8 @@ class Scanner:
         )
         report = ScanReport(region=region, account_id=account_id, status=status, started_at=started,
                             duration_seconds=duration, api_calls=api_calls, errors=errors,
-                            evaluations=evaluations, skipped=skipped, snapshot=snapshot, opened=opened or [])
+                            evaluations=evaluations, skipped=skipped, snapshot=snapshot, opened=opened or [],
+                            actions=actions or ActionReport())
         if self.on_scan:
             self.on_scan(report)
         return report

@@ -123,12 +123,16 @@ class DaemonMetrics:
                                    labelnames=["region", "source"], registry=self.registry)
         self.scans = Counter("guard_scans", "Scans run, by result.", labelnames=["region", "status"],
                              registry=self.registry)
+        self.actions = Counter("guard_actions", "Action decisions and outcomes: done, would-do, failed, skipped-….",
+                               labelnames=["rule", "action", "result"], registry=self.registry)
 
     def observe(self, report: ScanReport) -> None:
         self.scan_duration.labels(report.region).observe(report.duration_seconds)
         self.scans.labels(report.region, report.status).inc()
         for error in report.errors:
             self.scan_errors.labels(report.region, error["source"]).inc()
+        for rule, action, result in report.actions.results:
+            self.actions.labels(rule, action, result).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

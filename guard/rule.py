@@ -29,11 +29,25 @@ ENTRY_POINT_GROUP = "guard.rules"
 
 
 class RuleConfig(BaseModel):
-    """Settings every rule has; a rule subclasses this with its thresholds (``[rules.<id>]``)."""
+    """Settings every rule has; a rule subclasses this with its thresholds (``[rules.<id>]``).
+
+    ``action`` is what the daemon does about a finding once it is due (past ``grace``, announced, and past every
+    safety gate); ``notify`` only tells people. Which actions a rule offers is its ``actions`` class attribute.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
+    action: str = Field("notify", description="what to do about a due finding: notify, or one of the rule's actions")
+    grace: Duration = Field(timedelta(hours=24), description=(
+        "how long a finding stays open (and announced) before its action is due; for terminate, also how long "
+        "the stop must hold"))
+    act_on_unmanaged: bool = Field(False, description=(
+        "allow destructive actions on resources without the guard:managed tag (not launched by the SDK)"))
+
+
+ACTION_SETTINGS = frozenset(RuleConfig.model_fields)
+"""Settings of every rule (not thresholds): left out of the rule table's thresholds column."""
 
 
 class WindowedConfig(RuleConfig):
@@ -94,6 +108,10 @@ class Rule:
     """The bill the waste is on; rules that price the same bill of a resource share it (default: the rule id)."""
     listings: ClassVar[tuple[tuple[str, str], ...]] = ()
     """(namespace, metric) pairs whose available dimension sets the rule needs (part ``metric_listings``)."""
+    actions: ClassVar[tuple[str, ...]] = ()
+    """Actions (besides ``notify``) a finding of this rule may be configured to get, from ``guard.actions``."""
+    stop_before_terminate: ClassVar[bool] = True
+    """With ``action = "terminate"``: stop first, terminate only once the stop has held for ``grace``."""
 
     def __init__(self, config: RuleConfig | None = None):
         self.config = config if config is not None else self.Config()
@@ -108,6 +126,10 @@ class Rule:
 
     def evaluate(self, snapshot: Snapshot, context: Context) -> Evaluation:
         raise NotImplementedError
+
+    def action_params(self) -> dict[str, int | str]:
+        """Parameters the configured action takes from this rule's settings (e.g. the retention to set)."""
+        return {}
 
 
 def severity_by_monthly(monthly_usd: float | None, high: float, medium: float) -> Severity:
@@ -172,5 +194,5 @@ def thresholds_doc(cls: type[Rule], markdown: bool = True) -> str:
     """``name`` = default for each threshold of a rule's config (all but ``enabled``)."""
     dumped = cls.Config().model_dump(mode="json")
     quote = "`" if markdown else ""
-    names = [name for name in cls.Config.model_fields if name != "enabled"]
+    names = [name for name in cls.Config.model_fields if name not in ACTION_SETTINGS]
     return ", ".join(f"{quote}{name}{quote} = {dumped[name]!r}" for name in names)

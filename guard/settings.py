@@ -14,7 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -69,6 +69,19 @@ class Settings(BaseSettings):
         "Slack-compatible incoming webhook: one message per scan that opens findings or starts failing"))
     owner_tag: str = Field("owner", description="tag whose value names a resource's owner")
     protect_tag: str = Field("guard:protect=true", description="key=value tag that exempts a resource")
+    managed_tag: str = Field("guard:managed=true", description=(
+        "key=value tag of resources the SDK launched; destructive actions on others need the rule's act_on_unmanaged"))
+    allowed_accounts: Annotated[list[str], NoDecode] = Field(default_factory=list, description=(
+        "account ids the daemon may change (comma-separated); enforce mode needs at least one"))
+    allowed_regions: Annotated[list[str] | None, NoDecode] = Field(None, description=(
+        "regions the daemon may change (comma-separated); default: every scanned region"))
+    max_actions_per_cycle: int = Field(5, ge=0, description="at most this many actions per scan of a region")
+    max_actions_per_hour: int = Field(20, ge=0, description="at most this many actions in any hour, all regions")
+    breaker_failures: int = Field(3, ge=1, description="this many failed actions in a row stop all actions ...")
+    breaker_cooldown: Duration = Field(timedelta(hours=1), description="... for this long after the last failure")
+    min_resource_age: Duration = Field(timedelta(hours=6), description="resources younger than this are never acted on")
+    snapshot_timeout: Duration = Field(timedelta(hours=6), description=(
+        "snapshot-then-delete gives up (keeping the volume) when its snapshot has not completed by then"))
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-rule sections [rules.<id>]")
 
     _rule_configs: dict[str, RuleConfig] = PrivateAttr(default_factory=dict)
@@ -82,22 +95,39 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
-    @field_validator("regions", mode="before")
+    @field_validator("regions", "allowed_regions", "allowed_accounts", mode="before")
     @classmethod
-    def _split_regions(cls, value: Any) -> Any:
+    def _split_lists(cls, value: Any) -> Any:
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         return value
 
-    @field_validator("regions")
+    @field_validator("regions", "allowed_regions")
     @classmethod
-    def _check_regions(cls, value: list[str]) -> list[str]:
+    def _check_regions(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
         if not value:
             raise ValueError("expected at least one region, e.g. 'us-east-1,us-west-2'")
         for region in value:
             if not _REGION.match(region):
                 raise ValueError(f"{region!r} is not an AWS region name; expected names like 'us-east-1'")
         return list(dict.fromkeys(value))
+
+    @field_validator("allowed_accounts")
+    @classmethod
+    def _check_accounts(cls, value: list[str]) -> list[str]:
+        for account in value:
+            if not re.fullmatch(r"\d{12}", account):
+                raise ValueError(f"{account!r} is not an AWS account id; expected 12 digits, e.g. '123456789012'")
+        return list(dict.fromkeys(value))
+
+    @model_validator(mode="after")
+    def _enforce_needs_accounts(self) -> Settings:
+        if self.mode == "enforce" and not self.allowed_accounts:
+            raise ValueError("mode = 'enforce' changes only listed accounts: set allowed_accounts "
+                             "(GUARD_ALLOWED_ACCOUNTS=123456789012) to the account ids the daemon may change")
+        return self
 
     @field_validator("scan_interval")
     @classmethod
@@ -148,12 +178,13 @@ class Settings(BaseSettings):
             raise ValueError("expected an http(s) URL, e.g. https://hooks.slack.com/services/…")
         return value
 
-    @field_validator("protect_tag")
+    @field_validator("protect_tag", "managed_tag")
     @classmethod
-    def _check_protect_tag(cls, value: str) -> str:
+    def _check_tag_pair(cls, value: str, info) -> str:
         key, sep, tag_value = value.partition("=")
         if not sep or not key or not tag_value:
-            raise ValueError("expected key=value, e.g. 'guard:protect=true'")
+            example = "guard:protect=true" if info.field_name == "protect_tag" else "guard:managed=true"
+            raise ValueError(f"expected key=value, e.g. '{example}'")
         return value
 
     @field_validator("rules", mode="before")
@@ -175,6 +206,16 @@ class Settings(BaseSettings):
         key, _, value = self.protect_tag.partition("=")
         return key, value
 
+    @property
+    def managed_tag_pair(self) -> tuple[str, str]:
+        key, _, value = self.managed_tag.partition("=")
+        return key, value
+
+    @property
+    def action_regions(self) -> list[str]:
+        """The regions the daemon may change: ``allowed_regions``, or every scanned region."""
+        return self.allowed_regions if self.allowed_regions is not None else list(self.regions)
+
     def resolve_rules(self, registry: Registry) -> dict[str, RuleConfig]:
         """Validate every [rules.<id>] section against its rule; unknown ids and bad values raise ConfigError."""
         unknown = sorted(set(self.rules) - set(registry.rules))
@@ -187,6 +228,11 @@ class Settings(BaseSettings):
             except ValidationError as exc:
                 section = self.rules.get(rule_id)
                 raise ConfigError(describe_error(exc, prefix=f"rules.{rule_id}", section=section)) from None
+            offered = ("notify", *cls.actions)
+            if configs[rule_id].action not in offered:
+                raise ConfigError(f"rules.{rule_id}.action = {configs[rule_id].action!r}: expected one of "
+                                  f"{', '.join(offered)} (set via GUARD_RULES__{rule_id.upper().replace('-', '_')}"
+                                  "__ACTION or guard.toml)")
         self._rule_configs = configs
         return configs
 
@@ -213,6 +259,8 @@ def describe_error(exc: ValidationError, prefix: str = "", section: Mapping[str,
     """One line for the first error: the key (as setting and env name), its value, and what is allowed."""
     error = exc.errors()[0]
     loc = [str(part) for part in error["loc"]]
+    if not loc and not prefix:  # a check across settings: its message names them
+        return error["msg"].removeprefix("Value error, ")
     key = ".".join([prefix, *loc] if prefix else loc)
     value = error.get("input")
     if section is not None and loc and loc[0] in section:

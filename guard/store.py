@@ -23,7 +23,10 @@ from sqlalchemy import (
     create_engine,
     event,
     func,
+    inspect,
     select,
+    text,
+    update,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -74,6 +77,8 @@ class FindingRow(Base):
     first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    notified_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When the webhook delivered the message announcing this finding (an action's grace needs it)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +97,7 @@ class FindingRow(Base):
             "first_seen": self.first_seen.isoformat(),
             "last_seen": self.last_seen.isoformat(),
             "resolved_at": self.resolved_at.isoformat() if self.resolved_at else None,
+            "notified_at": self.notified_at.isoformat() if self.notified_at else None,
             "suggested_action": self.suggested_action,
             "billing": self.billing,
         }
@@ -170,6 +176,7 @@ class Store:
         try:
             self.engine = _make_engine(url)
             Base.metadata.create_all(self.engine)
+            _add_missing_columns(self.engine)
         except ModuleNotFoundError as exc:
             raise StoreError(f"database_url needs the {exc.name} driver, which is not installed: "
                              f"pip install {exc.name}") from None
@@ -252,6 +259,22 @@ class Store:
         with self.session() as session:
             return list(session.scalars(query).all())
 
+    def mark_notified(self, finding_ids: Iterable[int], now: datetime) -> None:
+        """Record that these findings were announced (only the first announcement counts)."""
+        ids = list(finding_ids)
+        if not ids:
+            return
+        with self.session() as session, session.begin():
+            session.execute(update(FindingRow).where(FindingRow.id.in_(ids), FindingRow.notified_at.is_(None))
+                            .values(notified_at=now))
+
+    def open_findings(self, account_id: str, region: str) -> list[FindingRow]:
+        """Open findings of one account region (all rules), oldest first."""
+        query = select(FindingRow).where(FindingRow.state == "open", FindingRow.account_id == account_id,
+                                         FindingRow.region == region).order_by(FindingRow.first_seen, FindingRow.id)
+        with self.session() as session:
+            return list(session.scalars(query).all())
+
     def scans(self, region: str | None = None, limit: int = 100) -> list[ScanRow]:
         query = self._scoped(select(ScanRow), region_column=ScanRow.region).order_by(ScanRow.id.desc()).limit(limit)
         if region:
@@ -311,6 +334,20 @@ def _refresh(row: FindingRow, finding: Finding, now: datetime) -> None:
 
 def _jsonable(evidence: Mapping[str, Any]) -> dict[str, Any]:
     return {key: (value.isoformat() if isinstance(value, datetime) else value) for key, value in evidence.items()}
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """A database made by an earlier version gains the nullable columns added since (data is kept)."""
+    existing = inspect(engine)
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            if not existing.has_table(table.name):
+                continue
+            present = {column["name"] for column in existing.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in present and column.nullable:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def _make_engine(url: str) -> Engine:

@@ -36,6 +36,7 @@ class DetachedVolumes(Rule):
     inputs = "EBS volumes (state, type, size, create time)"
     waste_formula = "size GiB × the volume type's $/GB-month ÷ 730"
     suggested_action = "snapshot-then-delete"
+    actions = ("snapshot-then-delete",)
     iam_permissions = ("ec2:DescribeVolumes",)
     Config = DetachedVolumesConfig
     config: DetachedVolumesConfig

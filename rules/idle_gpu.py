@@ -59,6 +59,7 @@ class IdleGPU(Rule):
               "GPU where the agent publishes it, else AWS/EC2 CPUUtilization (Average)")
     waste_formula = "the instance type's on-demand $/hour in its region"
     suggested_action = "stop"
+    actions = ("stop", "terminate")
     iam_permissions = ("ec2:DescribeInstances", "cloudwatch:ListMetrics", "cloudwatch:GetMetricData")
     Config = IdleGPUConfig
     config: IdleGPUConfig

@@ -46,6 +46,7 @@ class IdleVMs(Rule):
     inputs = "EC2 instances; CloudWatch AWS/EC2 CPUUtilization (Average), NetworkIn and NetworkOut (Sum)"
     waste_formula = "the instance type's on-demand $/hour in its region"
     suggested_action = "stop"
+    actions = ("stop", "terminate")
     iam_permissions = ("ec2:DescribeInstances", "cloudwatch:GetMetricData")
     Config = IdleVMsConfig
     config: IdleVMsConfig

@@ -57,6 +57,7 @@ class LogRetention(Rule):
     inputs = "CloudWatch Logs groups (retention policy, stored bytes, creation time)"
     waste_formula = "stored GB × (1 − retention_days ÷ age in days) × $0.03/GB-month ÷ 730"
     suggested_action = "set-retention"
+    actions = ("set-retention",)
     iam_permissions = ("logs:DescribeLogGroups", "tag:GetResources")
     Config = LogRetentionConfig
     config: LogRetentionConfig
@@ -70,6 +71,9 @@ class LogRetention(Rule):
                 continue
             findings.append(self._finding(group, snapshot, context))
         return Evaluation(findings=tuple(findings))
+
+    def action_params(self) -> dict[str, int | str]:
+        return {"retention_days": self.config.retention_days}
 
     def _severity(self, monthly: float | None) -> Severity:
         return severity_by_monthly(monthly, self.config.high_monthly_usd, self.config.medium_monthly_usd)

@@ -49,6 +49,7 @@ class OrphanedSnapshots(Rule):
     inputs = "EBS snapshots owned by the account; EBS volumes; AMIs owned by the account (their snapshots)"
     waste_formula = "size GiB × $0.05/GB-month ÷ 730 (upper bound: snapshots are incremental)"
     suggested_action = "delete"
+    actions = ("delete",)
     iam_permissions = ("ec2:DescribeSnapshots", "ec2:DescribeVolumes", "ec2:DescribeImages")
     Config = OrphanedSnapshotsConfig
     config: OrphanedSnapshotsConfig

@@ -28,6 +28,7 @@ class UnattachedEIPs(Rule):
     inputs = "Elastic IPs (association, instance, network interface)"
     waste_formula = "$0.005/hour per address (public IPv4 list price)"
     suggested_action = "release"
+    actions = ("release",)
     iam_permissions = ("ec2:DescribeAddresses",)
 
     def evaluate(self, snapshot: Snapshot, context: Context) -> Evaluation:

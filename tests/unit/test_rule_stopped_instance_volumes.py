@@ -202,7 +202,7 @@ def test_missing_parts_do_not_crash() -> None:
 
 @pytest.mark.parametrize("values", [
     {"min_stopped": "forever"}, {"min_stopped": -3}, {"medium_monthly_usd": -1},
-    {"medium_monthly_usd": 100, "high_monthly_usd": 50}, {"grace": "1d"},
+    {"medium_monthly_usd": 100, "high_monthly_usd": 50}, {"grace_days": "1d"},
 ])
 def test_bad_config_is_rejected(values: dict) -> None:
     with pytest.raises(ValidationError):

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from guard.model import Address, Severity, Snapshot, freeze_tags
 from guard.pricing import default_catalog
-from guard.rule import Context
+from guard.rule import ACTION_SETTINGS, Context
 from rules.unattached_eips import UnattachedEIPs
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
@@ -102,7 +102,7 @@ def test_unknown_addresses_part_does_not_crash() -> None:
 
 
 def test_config_has_no_thresholds_and_rejects_unknown_keys() -> None:
-    assert UnattachedEIPs.Config().model_dump() == {"enabled": True}
+    assert set(UnattachedEIPs.Config.model_fields) == ACTION_SETTINGS
     with pytest.raises(ValidationError):
         UnattachedEIPs.Config(min_age="1h")
 

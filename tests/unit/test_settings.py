@@ -73,9 +73,15 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch, registry: Regist
     monkeypatch.setenv("GUARD_LISTEN", "0.0.0.0:9000")
     monkeypatch.setenv("GUARD_OWNER_TAG", "team")
     monkeypatch.setenv("GUARD_PROTECT_TAG", "keep=yes")
+    monkeypatch.setenv("GUARD_ALLOWED_ACCOUNTS", "123456789012, 210987654321")
+    monkeypatch.setenv("GUARD_ALLOWED_REGIONS", "us-west-2")
+    monkeypatch.setenv("GUARD_RULES__IDLE_VMS__ACTION", "terminate")
     settings = load_settings(registry)
     assert settings.regions == ["us-east-1", "us-west-2"]
     assert settings.mode == "enforce"
+    assert settings.allowed_accounts == ["123456789012", "210987654321"]
+    assert settings.action_regions == ["us-west-2"]
+    assert settings.rule_configs["idle-vms"].action == "terminate"
     assert settings.scan_interval == timedelta(minutes=2)
     assert settings.database_url == "postgresql://guard:hunter2@db.internal/guard"
     assert settings.listen == "0.0.0.0:9000"

@@ -1,0 +1,266 @@
+"""What each action does to AWS, and how to tell from the resource itself whether it is done.
+
+An executor ``observe``s one resource (a read: does it exist, its tags, its state, whether the action's goal
+already holds) and ``execute``s the action's mutating calls inside ``Aws.mutating`` naming exactly those calls.
+Observing first is what makes an action safe to resume after a crash: a goal that already holds is recorded
+as done, never repeated. None of these EC2/Logs operations takes a client token, so idempotency comes from
+state checks, and for snapshot-then-delete from the idempotency key tagged on the snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from botocore.exceptions import ClientError
+
+from guard.aws import Aws
+from guard.model import Tags, freeze_tags
+
+KEY_TAG = "guard:action-key"
+"""Tag on a snapshot made by snapshot-then-delete: the action's idempotency key (found again after a crash)."""
+
+
+@dataclass(frozen=True)
+class Observed:
+    """A resource as AWS shows it right now."""
+
+    exists: bool
+    tags: Tags = field(default_factory=lambda: freeze_tags(None))
+    state: str = ""
+    goal_reached: bool = False
+    """The action's effect already holds (stopped, released, retention set…): nothing to call."""
+    blocker: str | None = None
+    """Why the action must not go ahead although the resource exists (e.g. the volume was attached again)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str
+    """done, in-progress (call again later with the detail) or failed."""
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _not_found(exc: ClientError) -> bool:
+    code = exc.response.get("Error", {}).get("Code", "")
+    return code.endswith(".NotFound") or code.endswith("NotFoundException") or code == "ResourceNotFoundException"
+
+
+class Executor:
+    """One action kind; subclasses set the class attributes and implement observe/execute."""
+
+    name: ClassVar[str]
+    resource_type: ClassVar[str]
+    destructive: ClassVar[bool] = True
+    """Loses data or an address for good: needs the guard:managed tag or the rule's act_on_unmanaged."""
+    operations: ClassVar[tuple[str, ...]]
+    """The mutating ``service:Operation`` calls it makes (and the IAM actions they need)."""
+    reads: ClassVar[tuple[str, ...]]
+    """The reads ``observe`` makes."""
+    iam_resource: ClassVar[str]
+    """The IAM resource ARN pattern the operations act on (``{region}``/``{account}`` filled in)."""
+    tag_conditions: ClassVar[bool] = True
+    """Whether IAM can condition these operations on the resource's tags (aws:ResourceTag)."""
+
+    def observe(self, aws: Aws, region: str, resource_id: str, params: Mapping[str, Any]) -> Observed:
+        raise NotImplementedError
+
+    def execute(self, aws: Aws, region: str, resource_id: str, params: Mapping[str, Any],
+                detail: Mapping[str, Any], started_at: datetime, now: datetime) -> Outcome:
+        raise NotImplementedError
+
+
+def _one(describe: Callable[[], list[dict]]) -> dict | None:
+    """The one resource a Describe call by id returns; None when AWS says it does not exist."""
+    try:
+        found = describe()
+    except ClientError as exc:
+        if _not_found(exc):
+            return None
+        raise
+    return found[0] if found else None
+
+
+def _instance(aws: Aws, region: str, instance_id: str) -> dict | None:
+    ec2 = aws.client("ec2", region)
+    return _one(lambda: [i for r in ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+                         for i in r["Instances"]])
+
+
+class Stop(Executor):
+    name = "stop"
+    resource_type = "instance"
+    destructive = False
+    operations = ("ec2:StopInstances",)
+    reads = ("ec2:DescribeInstances",)
+    iam_resource = "arn:aws:ec2:{region}:{account}:instance/*"
+
+    def observe(self, aws, region, resource_id, params) -> Observed:
+        raw = _instance(aws, region, resource_id)
+        if raw is None:
+            return Observed(exists=False)
+        state = raw["State"]["Name"]
+        if state in ("shutting-down", "terminated"):
+            return Observed(exists=False, state=state)
+        return Observed(exists=True, tags=freeze_tags(raw.get("Tags")), state=state,
+                        goal_reached=state in ("stopping", "stopped"))
+
+    def execute(self, aws, region, resource_id, params, detail, started_at, now) -> Outcome:
+        with aws.mutating(*self.operations):
+            aws.client("ec2", region).stop_instances(InstanceIds=[resource_id])
+        return Outcome("done")
+
+
+class Terminate(Executor):
+    name = "terminate"
+    resource_type = "instance"
+    operations = ("ec2:TerminateInstances",)
+    reads = ("ec2:DescribeInstances",)
+    iam_resource = "arn:aws:ec2:{region}:{account}:instance/*"
+
+    def observe(self, aws, region, resource_id, params) -> Observed:
+        raw = _instance(aws, region, resource_id)
+        if raw is None:
+            return Observed(exists=False, goal_reached=True)
+        state = raw["State"]["Name"]
+        tags = freeze_tags(raw.get("Tags"))
+        if state in ("shutting-down", "terminated"):
+            return Observed(exists=True, tags=tags, state=state, goal_reached=True)
+        blocker = None
+        if params.get("after_stop") and state != "stopped":
+            blocker = f"the stop was undone (the instance is {state})"
+        return Observed(exists=True, tags=tags, state=state, blocker=blocker)
+
+    def execute(self, aws, region, resource_id, params, detail, started_at, now) -> Outcome:
+        with aws.mutating(*self.operations):
+            aws.client("ec2", region).terminate_instances(InstanceIds=[resource_id])
+        return Outcome("done")
+
+
+class SnapshotThenDelete(Executor):
+    """Snapshot the volume (tagged with its id, owner, finding and this action's key), and delete the volume only
+    once that snapshot has completed; a snapshot that fails or does not complete in time leaves the volume alone."""
+
+    name = "snapshot-then-delete"
+    resource_type = "volume"
+    operations = ("ec2:CreateSnapshot", "ec2:CreateTags", "ec2:DeleteVolume")
+    reads = ("ec2:DescribeVolumes", "ec2:DescribeSnapshots")
+    iam_resource = "arn:aws:ec2:{region}:{account}:volume/*"
+
+    def observe(self, aws, region, resource_id, params) -> Observed:
+        ec2 = aws.client("ec2", region)
+        volume = _one(lambda: ec2.describe_volumes(VolumeIds=[resource_id])["Volumes"])
+        if volume is None:
+            return Observed(exists=False, goal_reached=True)
+        blocker = None if volume["State"] == "available" else f"the volume is {volume['State']} (attached again?)"
+        return Observed(exists=True, tags=freeze_tags(volume.get("Tags")), state=volume["State"], blocker=blocker)
+
+    def execute(self, aws, region, resource_id, params, detail, started_at, now) -> Outcome:
+        ec2 = aws.client("ec2", region)
+        key = params["key"]
+        found = ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": f"tag:{KEY_TAG}", "Values": [key]}])
+        snapshots = sorted(found["Snapshots"], key=lambda s: s["StartTime"])
+        if not snapshots:
+            tags = [{"Key": KEY_TAG, "Value": key}, {"Key": "guard:volume-id", "Value": resource_id},
+                    {"Key": "guard:finding", "Value": str(params.get("finding_id", ""))},
+                    {"Key": "owner", "Value": str(params.get("owner", "unknown"))}]
+            with aws.mutating("ec2:CreateSnapshot", "ec2:CreateTags"):
+                created = ec2.create_snapshot(
+                    VolumeId=resource_id, Description=f"vmguard: {resource_id} before deletion (action {key})",
+                    TagSpecifications=[{"ResourceType": "snapshot", "Tags": tags}])
+            snapshot = created
+        else:
+            snapshot = snapshots[0]
+        progress = {"snapshot_id": snapshot["SnapshotId"], "snapshot_state": snapshot["State"]}
+        if snapshot["State"] == "error":
+            return Outcome("failed", progress, f"snapshot {snapshot['SnapshotId']} failed: "
+                                               f"{snapshot.get('StateMessage') or 'error'}; the volume is kept")
+        if snapshot["State"] != "completed":
+            timeout = params.get("snapshot_timeout_seconds")
+            if timeout is not None and (now - started_at).total_seconds() >= timeout:
+                return Outcome("failed", progress, f"snapshot {snapshot['SnapshotId']} still "
+                                                   f"{snapshot['State']} after {int(timeout)}s; the volume is kept")
+            return Outcome("in-progress", progress)
+        with aws.mutating("ec2:DeleteVolume"):
+            ec2.delete_volume(VolumeId=resource_id)
+        return Outcome("done", progress)
+
+
+class Release(Executor):
+    name = "release"
+    resource_type = "elastic-ip"
+    operations = ("ec2:ReleaseAddress",)
+    reads = ("ec2:DescribeAddresses",)
+    iam_resource = "arn:aws:ec2:{region}:{account}:elastic-ip/*"
+
+    def observe(self, aws, region, resource_id, params) -> Observed:
+        ec2 = aws.client("ec2", region)
+        address = _one(lambda: ec2.describe_addresses(AllocationIds=[resource_id])["Addresses"])
+        if address is None:
+            return Observed(exists=False, goal_reached=True)
+        blocker = f"the address is associated again ({address['AssociationId']})" if address.get(
+            "AssociationId") else None
+        return Observed(exists=True, tags=freeze_tags(address.get("Tags")),
+                        state="associated" if blocker else "unassociated", blocker=blocker)
+
+    def execute(self, aws, region, resource_id, params, detail, started_at, now) -> Outcome:
+        with aws.mutating(*self.operations):
+            aws.client("ec2", region).release_address(AllocationId=resource_id)
+        return Outcome("done")
+
+
+class SetRetention(Executor):
+    name = "set-retention"
+    resource_type = "log-group"
+    operations = ("logs:PutRetentionPolicy",)
+    reads = ("logs:DescribeLogGroups", "logs:ListTagsForResource")
+    iam_resource = "arn:aws:logs:{region}:{account}:log-group:*"
+
+    def observe(self, aws, region, resource_id, params) -> Observed:
+        logs = aws.client("logs", region)
+        groups = logs.describe_log_groups(logGroupNamePrefix=resource_id)["logGroups"]
+        group = next((g for g in groups if g["logGroupName"] == resource_id), None)
+        if group is None:
+            return Observed(exists=False)
+        arn = group["arn"].removesuffix(":*")
+        tags = logs.list_tags_for_resource(resourceArn=arn).get("tags", {})
+        retention = group.get("retentionInDays")
+        return Observed(exists=True, tags=freeze_tags(tags), state=f"retention {retention or 'never expire'}",
+                        goal_reached=retention is not None and retention <= params["retention_days"])
+
+    def execute(self, aws, region, resource_id, params, detail, started_at, now) -> Outcome:
+        with aws.mutating(*self.operations):
+            aws.client("logs", region).put_retention_policy(logGroupName=resource_id,
+                                                            retentionInDays=params["retention_days"])
+        return Outcome("done")
+
+
+class DeleteSnapshot(Executor):
+    name = "delete"
+    resource_type = "snapshot"
+    operations = ("ec2:DeleteSnapshot",)
+    reads = ("ec2:DescribeSnapshots",)
+    iam_resource = "arn:aws:ec2:{region}::snapshot/*"
+
+    def observe(self, aws, region, resource_id, params) -> Observed:
+        ec2 = aws.client("ec2", region)
+        snapshot = _one(lambda: ec2.describe_snapshots(SnapshotIds=[resource_id])["Snapshots"])
+        if snapshot is None:
+            return Observed(exists=False, goal_reached=True)
+        tags = freeze_tags(snapshot.get("Tags"))
+        blocker = (f"it is the copy snapshot-then-delete kept of {tags.get('guard:volume-id', 'a volume')}: "
+                   "delete it by hand once it is not needed" if KEY_TAG in tags else None)
+        return Observed(exists=True, tags=tags, state=snapshot["State"], blocker=blocker)
+
+    def execute(self, aws, region, resource_id, params, detail, started_at, now) -> Outcome:
+        with aws.mutating(*self.operations):
+            aws.client("ec2", region).delete_snapshot(SnapshotId=resource_id)
+        return Outcome("done")
+
+
+EXECUTORS: dict[str, Executor] = {executor.name: executor for executor in (
+    Stop(), Terminate(), SnapshotThenDelete(), Release(), SetRetention(), DeleteSnapshot())}
+"""Every action but ``notify``, by name."""

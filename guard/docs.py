@@ -16,14 +16,15 @@ def rules_markdown(registry: Registry) -> str:
     lines = [
         BEGIN,
         "| rule | what it detects | inputs | thresholds `[rules.<id>]` (defaults) | waste ($/hour) | suggested action "
-        "| IAM permissions |",
-        "|---|---|---|---|---|---|---|",
+        "| `action =` | IAM permissions |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for rule_id, cls in registry.rules.items():
         doc = rule_doc(cls)
         lines.append("| " + " | ".join(_cell(part) for part in (
             f"`{rule_id}`", doc["summary"], cls.inputs, thresholds_doc(cls) or "—", cls.waste_formula,
-            f"`{cls.suggested_action}`", ", ".join(f"`{p}`" for p in cls.iam_permissions),
+            f"`{cls.suggested_action}`", ", ".join(f"`{a}`" for a in ("notify", *cls.actions)),
+            ", ".join(f"`{p}`" for p in cls.iam_permissions),
         )) + " |")
     for rule_id, cls in registry.rules.items():
         doc = rule_doc(cls)

@@ -35,6 +35,7 @@ class FindingOut(BaseModel):
     first_seen: str
     last_seen: str
     resolved_at: str | None
+    notified_at: str | None = Field(description="when the webhook delivered the message announcing it")
     suggested_action: str
     billing: str
 

@@ -186,8 +186,29 @@ def run(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug loggi
         err.print(f"GUARD_API_TOKEN is not set; this run's API token is {daemon.api_token}")
     err.print(f"vmguard {settings.mode} mode: scanning {', '.join(settings.regions)} every "
               f"{int(settings.scan_interval.total_seconds())}s; serving http://{settings.listen}/metrics")
+    _describe_actions(settings)
     daemon.start_scheduler()
     daemon.serve()
+
+
+def _describe_actions(settings: Settings) -> None:
+    """One line on what the daemon will do about findings, so a mode/action mismatch is seen at start."""
+    from guard.durations import format_duration
+
+    configured = [f"{rule_id} → {config.action} after {format_duration(config.grace)}"
+                  for rule_id, config in settings.rule_configs.items() if config.enabled and config.action != "notify"]
+    if not configured:
+        return
+    if settings.mode == "observe":
+        err.print(f"actions configured ({'; '.join(configured)}) but mode is observe: nothing will be changed; "
+                  "set GUARD_MODE=dry-run to see what would be done", highlight=False, soft_wrap=True)
+        return
+    verb = "planning (dry-run)" if settings.mode == "dry-run" else "acting"
+    accounts = (f"accounts {', '.join(settings.allowed_accounts)}" if settings.allowed_accounts else
+                "no allowed_accounts yet, so approved actions are held back")
+    err.print(f"{verb}: {'; '.join(configured)}; at most {settings.max_actions_per_cycle} per scan and "
+              f"{settings.max_actions_per_hour} per hour; {accounts}; regions {', '.join(settings.action_regions)}",
+              highlight=False, soft_wrap=True)
 
 
 @app.command()

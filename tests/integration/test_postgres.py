@@ -10,10 +10,14 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
+from guard.audit import ApprovalError, Intent
 from guard.sandbox import GroundTruth
 
 
@@ -68,3 +72,39 @@ def test_scan_and_restart_on_postgres(team_account: GroundTruth, make_scanner, p
     assert len(again.store.scans()) == 3
     summary = again.store.open_summary()
     assert sum(count for *_, count, _, _ in summary) == len(team_account.expected())
+
+
+def _fresh_database(url: str, name: str) -> str:
+    """A new, empty database on the same server."""
+    engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {name}"))
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def test_the_action_audit_trail_on_postgres(team_account: GroundTruth, make_scanner, postgres_url: str) -> None:
+    url = _fresh_database(postgres_url, "actions")
+    rules = {"unattached-eips": {"action": "release", "grace": "0s", "act_on_unmanaged": True}}
+    planner = make_scanner(database_url=url, mode="dry-run", min_resource_age="0s", rules=rules)
+    planned = planner.scan("us-east-1").actions.planned
+    assert len(planned) == 2 and {row["status"] for row in planned} == {"would-do"}
+    audit = planner.actuator.audit
+    chosen = planned[0]["id"]
+    audit.approve(chosen, by="cli:alice", now=datetime.now(timezone.utc))
+    with pytest.raises(ApprovalError, match="is approved, not would-do"):
+        audit.approve(chosen, by="cli:bob", now=datetime.now(timezone.utc))
+    row = audit.get(chosen)
+    duplicate = Intent(key=row.key, rule=row.rule, action=row.action, account_id=row.account_id, region=row.region,
+                       resource_id=row.resource_id, resource_type=row.resource_type, owner=row.owner,
+                       finding_id=row.finding_id, summary="", waste_hourly_usd=None, params={})
+    assert audit.record(duplicate, "pending", "enforce", datetime.now(timezone.utc)) is None
+
+    approver = make_scanner(database_url=url, mode="dry-run", min_resource_age="0s", rules=rules,
+                            allowed_accounts="123456789012")
+    executed = approver.scan("us-east-1").actions.executed
+    assert [row["id"] for row in executed] == [chosen]
+    done = audit.get(chosen)
+    assert done.status == "done" and done.approved_by == "cli:alice" and done.started_at <= done.finished_at
+    assert sorted(r.status for r in audit.actions()) == ["done", "would-do"]

@@ -85,7 +85,8 @@ class ActionOut(BaseModel):
 
 
 class Approval(BaseModel):
-    by: str = Field(min_length=1, max_length=200, description="who approves (recorded in the audit trail)")
+    by: str = Field(min_length=1, max_length=200, pattern=r"\S",
+                    description="who approves (recorded in the audit trail); not blank")
 
 
 class Readiness(BaseModel):

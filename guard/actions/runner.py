@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from guard.actions.executors import EXECUTORS, Observed
-from guard.actions.gates import EXECUTE, PLAN, SKIPPED_PROTECTED, SKIPPED_UNMANAGED, Candidate, Policy, decide
+from guard.actions.gates import (
+    EXECUTE,
+    PLAN,
+    SKIPPED_BREAKER,
+    SKIPPED_PROTECTED,
+    SKIPPED_UNMANAGED,
+    Candidate,
+    Policy,
+    breaker_open,
+    decide,
+)
 from guard.audit import (
     APPROVED,
     CANCELLED,
@@ -102,20 +112,24 @@ class Actuator:
                               last_outcomes=self.audit.last_outcomes(self.policy.breaker_failures))
             for verdict in verdicts:
                 intent = verdict.candidate.intent
-                if verdict.result == PLAN:
+                result = verdict.result
+                if result == EXECUTE and breaker_open(self.audit.last_outcomes(self.policy.breaker_failures),
+                                                      self.policy, now):
+                    result = SKIPPED_BREAKER  # failures earlier in this phase opened the breaker
+                if result == PLAN:
                     row = self.audit.record(intent, PLANNED, self.policy.mode, now)
                     if row is not None:
                         report.planned.append(row.as_dict())
                         report.results.append((intent.rule, intent.action, PLAN))
-                elif verdict.result == EXECUTE:
+                elif result == EXECUTE:
                     row = self._start(intent, verdict.candidate.existing_status, now)
                     if row is not None:
                         if intent.parent_id is not None:  # the stop's chain ends in this terminate
                             self.audit.set_fields(intent.parent_id, follow_up=None)
                         self._carry_out(row, now, report)
-                elif verdict.result.startswith("skipped") and (intent.key, verdict.result) not in self._held_back:
-                    self._held_back.add((intent.key, verdict.result))  # counted once, not every cycle
-                    report.results.append((intent.rule, intent.action, verdict.result))
+                elif result.startswith("skipped") and (intent.key, result) not in self._held_back:
+                    self._held_back.add((intent.key, result))  # counted once, not every cycle
+                    report.results.append((intent.rule, intent.action, result))
         return report
 
     # -- intents ----------------------------------------------------------------------------------------------------

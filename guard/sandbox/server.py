@@ -3,26 +3,40 @@
 boto3 talks to it over HTTP exactly as to AWS; only the endpoint and the (fake) credentials differ.
 Moto keeps its state per process, not per server: every server started in a process serves the same
 account, and starting one empties it.
+
+The server also keeps a log of the AWS requests it answered (``SandboxServer.requests``), whichever process
+sent them: which service, region and operation, and with which parameters, so a test can tell what a daemon
+asked of AWS, and a benchmark how much.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
+import re
+import threading
+import time
 import urllib.request
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
 
 import boto3
 import botocore.session
 from botocore.client import BaseClient
 from botocore.config import Config
 
+from guard.aws import is_read_only
 from guard.sandbox.images import image_catalog_path
 
 if TYPE_CHECKING:
-    from moto.server import ThreadedMotoServer
+    from werkzeug.serving import BaseWSGIServer
 
 ACCESS_KEY_ID = "vmguard-sandbox"
 SECRET_ACCESS_KEY = "vmguard-sandbox-secret"
@@ -77,25 +91,156 @@ def _no_proxy() -> str:
     return ",".join(hosts if _LOOPBACK in hosts else [*hosts, _LOOPBACK])
 
 
-class SandboxServer:
-    """An empty emulated AWS account on a free loopback port; a context manager."""
+@dataclass(frozen=True)
+class ServedRequest:
+    """One AWS API request the emulator answered."""
 
-    def __init__(self) -> None:
-        self._server: ThreadedMotoServer | None = None
+    service: str
+    """The SigV4 signing name in the request's credential scope: ``ec2``, ``logs``, ``monitoring`` (CloudWatch),
+    ``tagging``, ``sts``, ``s3``…; empty for an unsigned request."""
+    region: str
+    """The region of the credential scope; empty for an unsigned request."""
+    operation: str
+    """``DescribeVolumes``: the ``Action`` form field (EC2 and query APIs), the operation of ``X-Amz-Target``
+    (JSON APIs such as CloudWatch Logs) or of an ``/operation/<name>`` path (RPC v2); for REST APIs such as S3,
+    the method and path (``GET /bucket``)."""
+    params: Mapping[str, Any]
+    """The form fields (``VolumeId``, ``InstanceId.1``…) or the JSON body (``{"logGroupName": …}``); for REST
+    APIs, the query string's fields."""
+    status: int
+    """The HTTP status of the answer (an AWS error is 4xx/5xx)."""
+    mutating: bool
+    """Not a read: an operation outside ``guard.aws.READ_PREFIXES``, or a REST method other than GET/HEAD."""
+
+    @property
+    def name(self) -> str:
+        """``ec2:DescribeVolumes``."""
+        return f"{self.service}:{self.operation}"
+
+
+Latency = Callable[[ServedRequest], float]
+"""Seconds to hold the answer to a request that moto has carried out already."""
+
+_CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,\s]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
+_RPC_V2_PATH = re.compile(r"/service/[^/]+/operation/([^/?]+)$")
+_PARSED_BODIES = ("application/x-www-form-urlencoded", "application/x-amz-json", "application/json")
+
+
+def _read_body(environ: dict[str, Any]) -> bytes:
+    """A form or JSON request's body, put back as a fresh ``wsgi.input`` for the app behind; b"" for others."""
+    if not environ.get("CONTENT_TYPE", "").startswith(_PARSED_BODIES):
+        return b""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return b""
+    if length <= 0:
+        return b""
+    body = environ["wsgi.input"].read(length)
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
+def _describe(environ: dict[str, Any], body: bytes, status: int) -> ServedRequest:
+    authorization = environ.get("HTTP_AUTHORIZATION") or ""
+    query = environ.get("QUERY_STRING") or ""
+    scope = _CREDENTIAL_SCOPE.search(authorization) or _CREDENTIAL_SCOPE.search(query.replace("%2F", "/"))
+    region, service = scope.groups() if scope else ("", "")
+    params: dict[str, Any] = dict(parse_qsl(query, keep_blank_values=True))
+    if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+        params.update(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    elif body:
+        try:
+            decoded = json.loads(body)
+        except ValueError:
+            decoded = None
+        if isinstance(decoded, dict):
+            params.update(decoded)
+    method, path = environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "")
+    target = environ.get("HTTP_X_AMZ_TARGET") or ""
+    rpc = _RPC_V2_PATH.search(path)
+    operation = params.get("Action") or target.rpartition(".")[2] or (rpc.group(1) if rpc else "")
+    if operation:
+        mutating = not is_read_only(operation)
+    else:
+        operation, mutating = f"{method} {path}", method not in ("GET", "HEAD")
+    return ServedRequest(service=service, region=region, operation=operation, params=params, status=status,
+                         mutating=mutating)
+
+
+class _RequestLog:
+    """WSGI middleware in front of moto's app: records every AWS request once moto has answered it.
+
+    Thread-safe (the server answers each request on its own thread). Calls to the emulator's control API
+    (``/moto-api/…``) are not AWS requests and are not recorded.
+    """
+
+    def __init__(self, app: Callable, size: int) -> None:
+        self.app = app
+        self.latency: Latency | None = None
+        self._lock = threading.Lock()
+        self._served: deque[ServedRequest] = deque(maxlen=size)
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/moto-api") or path == "/favicon.ico":
+            return self.app(environ, start_response)
+        body = _read_body(environ)
+        statuses: list[int] = []
+
+        def start(status: str, headers: list, exc_info: Any = None) -> Callable:
+            statuses.append(int(status.split(" ", 1)[0]))
+            return start_response(status, headers, exc_info)
+
+        try:
+            return self.app(environ, start)
+        finally:
+            served = _describe(environ, body, statuses[-1] if statuses else 500)
+            with self._lock:
+                self._served.append(served)
+            latency = self.latency
+            if latency is not None:
+                time.sleep(max(0.0, latency(served)))
+
+    def requests(self) -> list[ServedRequest]:
+        with self._lock:
+            return list(self._served)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._served.clear()
+
+
+class SandboxServer:
+    """An empty emulated AWS account on a free loopback port; a context manager.
+
+    ``log_size``: how many of the latest AWS requests ``requests()`` keeps (older ones are dropped).
+    """
+
+    def __init__(self, log_size: int = 100_000) -> None:
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
         self._endpoint_url: str | None = None
+        self._log: _RequestLog | None = None
+        self._log_size = log_size
+        self._latency: Latency | None = None
 
     def start(self) -> SandboxServer:
         """Serve on a free loopback port, with the account emptied."""
         if self._server is not None:
             raise SandboxError(f"the sandbox server is already serving {self.endpoint_url}")
         _configure_moto()
-        from moto.server import ThreadedMotoServer
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
 
-        server = ThreadedMotoServer(ip_address=_LOOPBACK, port=0, verbose=False)
-        server.start()
-        _, port = server.get_host_and_port()
+        # as moto's ThreadedMotoServer serves, with the request log in front of its app
+        self._log = _RequestLog(DomainDispatcherApplication(create_backend_app), self._log_size)
+        self._log.latency = self._latency
+        server = make_server(_LOOPBACK, 0, self._log, threaded=True, request_handler=MotoRequestHandler)
+        self._thread = threading.Thread(target=server.serve_forever, name="sandbox-aws", daemon=True)
+        self._thread.start()
         self._server = server
-        self._endpoint_url = f"http://{_LOOPBACK}:{port}"
+        self._endpoint_url = f"http://{_LOOPBACK}:{server.server_address[1]}"
         _serving[self._endpoint_url] = self
         self.reset()
         return self
@@ -141,14 +286,45 @@ class SandboxServer:
         boto3.setup_default_session()
 
     def reset(self) -> None:
-        """Empty the account (every service, every region)."""
+        """Empty the account (every service, every region); the request log is kept (``clear_requests``)."""
         moto_api(self.endpoint_url, "reset")
+
+    def requests(self) -> list[ServedRequest]:
+        """The AWS requests answered since the start or the last ``clear_requests``, oldest first, from any process.
+
+        Calls per operation, as the emulator saw them: ``Counter(r.name for r in server.requests())``.
+        """
+        return self._log.requests() if self._log is not None else []
+
+    def clear_requests(self) -> None:
+        if self._log is not None:
+            self._log.clear()
+
+    @property
+    def latency(self) -> Latency | None:
+        """How long each answer is held once moto has carried the request out (None: not at all, the default).
+
+        Moto answers in about a millisecond where AWS takes tens to hundreds. Holding answers, say those of
+        mutating calls (``lambda request: 0.05 if request.mutating else 0.0``), stretches the moment in which a
+        change is made but its caller does not know yet, so a test can interrupt the caller there.
+        """
+        return self._latency
+
+    @latency.setter
+    def latency(self, latency: Latency | None) -> None:
+        self._latency = latency
+        if self._log is not None:
+            self._log.latency = latency
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.stop()
+            self._server.shutdown()
+            if self._thread is not None:
+                self._thread.join()
+            self._server.server_close()
             _serving.pop(self.endpoint_url, None)
             self._server = None
+            self._thread = None
 
 
 def moto_api(endpoint_url: str, path: str) -> None:

@@ -98,11 +98,13 @@ def decide(candidates: Iterable[Candidate], policy: Policy, now: datetime, start
     breaker = breaker_open(last_outcomes, policy, now)
     cycle, hour = started_this_cycle, started_last_hour
     verdicts = []
-    seen: set[tuple[str, str]] = set()
+    # a resource+action under way (or finished) for one finding is not started again for another
+    seen = {(c.intent.resource_id, c.intent.action) for c in ordered
+            if c.existing_status not in (None, PLANNED, APPROVED)}
     for candidate in ordered:
         intent = candidate.intent
-        if candidate.existing_status not in (None, PLANNED, APPROVED) or (intent.resource_id, intent.action) in seen:
-            continue  # already under way or finished; or a second finding asking the same of the same resource
+        if (intent.resource_id, intent.action) in seen:
+            continue
         seen.add((intent.resource_id, intent.action))
         result = _static_gates(candidate, policy, now)
         if result is None:

@@ -21,7 +21,7 @@ demo: $(STAMP)
 ## test: install everything the suite needs, then run it
 test: $(STAMP) deb-deps
 	$(BIN)/ruff check guard rules tests
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --numprocesses auto --maxprocesses 4
 
 # Debian packages the tests use: the real Prometheus server (and promtool), and a PostgreSQL server.
 DEB_PACKAGES := prometheus postgresql

@@ -27,7 +27,7 @@ class ClusterRegistration(BaseModel):
     instance_ids: list[str] = Field(min_length=1, description="the scheduler first, then the workers")
     instance_types: list[str] = Field(min_length=1)
     security_group_id: str | None = None
-    keepalive_seconds: int = Field(ge=60, description="terminate when no heartbeat came for this long")
+    keepalive_seconds: int = Field(ge=10, description="terminate when no heartbeat came for this long")
     idle_timeout_seconds: int | None = Field(None, ge=60, description="terminate when no task ran for this long")
     max_lifetime_seconds: int | None = Field(None, ge=60)
     hourly_usd: float | None = Field(None, ge=0, description="estimated $/hour of the whole cluster")

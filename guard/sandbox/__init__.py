@@ -2,7 +2,8 @@
 
 The only part of vmguard that knows about the emulator. ``SandboxServer`` runs it on loopback with fake
 credentials; ``seed_team_account`` fills it with a deterministic data-science team account and returns the
-``GroundTruth`` the rules must find; ``seed_fleet`` makes a large plain account for scale tests.
+``GroundTruth`` the rules must find; ``seed_fleet`` makes a large plain account for scale tests. ``VmRunner`` is
+the data plane: a local process per launched cluster VM, on the instance's own loopback address.
 """
 
 from guard.sandbox.account import Fleet, make_busy, seed_fleet, seed_team_account
@@ -17,6 +18,7 @@ from guard.sandbox.truth import (
     Seeded,
     VolumeSpec,
 )
+from guard.sandbox.vms import VmProcess, VmRunner
 
 __all__ = [
     "ExpectedFinding",
@@ -29,6 +31,8 @@ __all__ = [
     "SandboxServer",
     "SeedContext",
     "Seeded",
+    "VmProcess",
+    "VmRunner",
     "VolumeSpec",
     "make_busy",
     "sandbox_client",

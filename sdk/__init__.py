@@ -1,0 +1,32 @@
+"""vmguard's SDK: launch guarded Dask clusters on EC2 and run Python on them with one decorator.
+
+    import sdk
+
+    @sdk.function(vm_type="m7g.large", region="us-west-2", keepalive="20 minutes", n_workers=4)
+    def score(x): ...
+
+    score(3)                     # runs remotely, blocks
+    list(score.map(range(100)))  # fan-out, results in order
+
+Names are imported on first use, so the on-VM agent (``python -m sdk.vm``) does not load the launch machinery.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sdk.cluster import Cluster
+    from sdk.errors import SdkError
+    from sdk.function import Function, function
+
+__all__ = ["Cluster", "Function", "SdkError", "function"]
+
+_HOME = {"Cluster": "sdk.cluster", "Function": "sdk.function", "function": "sdk.function", "SdkError": "sdk.errors"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOME:
+        return getattr(import_module(_HOME[name]), name)
+    raise AttributeError(f"module 'sdk' has no attribute {name!r}")

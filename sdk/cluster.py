@@ -1,0 +1,188 @@
+"""``sdk.Cluster``: a guarded Dask cluster on EC2 — priced and capped before launch, registered with the daemon,
+heartbeated while this process lives, and torn down (instances, then security group) when it closes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import secrets
+import threading
+import time
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from guard.wire import ClusterRegistration, Heartbeat
+from sdk.cost import check_cap, estimate_cost
+from sdk.daemon_client import DaemonClient
+from sdk.errors import SdkError
+from sdk.launch import Launched, launch, teardown
+from sdk.network import client_cidrs
+from sdk.spec import ClusterSpec
+from sdk.types import resolve_instance_types
+
+log = logging.getLogger(__name__)
+
+SCHEDULER_PORT = 8786
+_AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5})
+
+
+class Cluster:
+    """Launch a cluster (one scheduler, ``n_workers`` workers); use it with ``get_client()``; ``close()`` ends it.
+
+    Accepts the arguments of :class:`sdk.spec.ClusterSpec` (``vm_type`` or ``cpu``/``memory``/``gpu``/``arm``,
+    ``region``, ``n_workers``, ``keepalive``, ``idle_timeout``, ``max_lifetime``, ``spot_policy``, ``disk_size``,
+    ``tags``, ``max_hourly_usd``, ``allow_ingress_from``, ``daemon_url``/``token`` …). A wrong argument raises
+    :class:`sdk.SdkError` with one line before anything is launched.
+    """
+
+    def __init__(self, *, console: Console | None = None, **kwargs: Any):
+        self.spec = ClusterSpec.from_kwargs(**kwargs)
+        self.console = console or Console(stderr=True)
+        self.cluster_id = f"vmg-{secrets.token_hex(5)}"
+        self._ec2 = boto3.client("ec2", region_name=self.spec.region, config=_AWS_CONFIG)
+        self._client = None
+        self._closed = False
+        self._lock = threading.Lock()
+        self._stop_beating = threading.Event()
+
+        self.instance_types = resolve_instance_types(self.spec, self._ec2)
+        self.estimate = estimate_cost(self.spec, self.instance_types)
+        self.console.print(f"vmguard: {self.spec.n_workers} worker(s) + 1 scheduler of {self.instance_types[0]} in "
+                           f"{self.spec.region}: about {self.estimate}", highlight=False)
+        check_cap(self.estimate, self.spec.max_hourly_usd)
+
+        endpoint = self._ec2.meta.endpoint_url
+        self.launched: Launched = self._launch(client_cidrs(self.spec.allow_ingress_from, endpoint))
+        atexit.register(self.close)
+        try:
+            self.scheduler_address = self._wait_for_scheduler()
+        except BaseException:
+            self.close()
+            raise
+        self._daemon = DaemonClient.from_env(self.spec.daemon_url, self.spec.token)
+        if self._daemon is not None:
+            self._daemon.register(self._registration())
+        self._beat = threading.Thread(target=self._heartbeat, name=f"vmguard-heartbeat-{self.cluster_id}",
+                                      daemon=True)
+        self._beat.start()
+
+    # -- launch ---------------------------------------------------------------------------------------------------
+
+    def _launch(self, cidrs: list[str]) -> Launched:
+        total = self.spec.n_workers + 1
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=True) as progress:
+            task = progress.add_task(f"launching {self.cluster_id}", total=total)
+
+            def report(done: int, of: int, text: str) -> None:
+                progress.update(task, completed=done, total=of, description=text)
+
+            launched = launch(self.spec, self.instance_types, self.cluster_id, cidrs, self._ec2, progress=report)
+        self.console.print(f"vmguard: launched {self.cluster_id}: {1 + len(launched.workers)} instance(s)",
+                           highlight=False)
+        return launched
+
+    def _wait_for_scheduler(self) -> str:
+        """The scheduler's address once a Dask client can connect to it (the VM has booted and started Dask)."""
+        from distributed import Client
+
+        scheduler = self.launched.scheduler
+        host = scheduler.get("PublicIpAddress") or scheduler.get("PrivateIpAddress")
+        deadline = time.monotonic() + self.spec.boot_timeout.total_seconds()
+        with self.console.status(f"waiting for the scheduler of {self.cluster_id} to boot…"):
+            while True:
+                host = host or self._refresh_scheduler_ip()
+                if host:
+                    address = f"tcp://{host}:{SCHEDULER_PORT}"
+                    try:
+                        self._client = Client(address, timeout=5, set_as_default=False)
+                        return address
+                    except (OSError, TimeoutError):
+                        pass
+                if time.monotonic() > deadline:
+                    raise SdkError(f"the scheduler of {self.cluster_id} did not answer within "
+                                   f"{int(self.spec.boot_timeout.total_seconds())}s; the cluster was torn down")
+                time.sleep(1)
+                host = None
+
+    def _refresh_scheduler_ip(self) -> str | None:
+        reservations = self._ec2.describe_instances(InstanceIds=[self.launched.scheduler["InstanceId"]])
+        instance = reservations["Reservations"][0]["Instances"][0]
+        return instance.get("PublicIpAddress") or instance.get("PrivateIpAddress")
+
+    # -- use ------------------------------------------------------------------------------------------------------
+
+    def get_client(self):
+        """The ``dask.distributed.Client`` connected to this cluster's scheduler."""
+        if self._closed or self._client is None:
+            raise SdkError(f"cluster {self.cluster_id} is closed; start a new sdk.Cluster(...)")
+        return self._client
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed and self._client is not None and self._client.status == "running"
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running"
+        return f"<Cluster {self.cluster_id} {self.spec.region} {1 + self.spec.n_workers} VMs {state}>"
+
+    # -- guard ----------------------------------------------------------------------------------------------------
+
+    def _registration(self) -> ClusterRegistration:
+        instances = [self.launched.scheduler, *self.launched.workers]
+        spec = self.spec
+        return ClusterRegistration(
+            cluster_id=self.cluster_id, owner=spec.owner, region=spec.region,
+            instance_ids=[i["InstanceId"] for i in instances],
+            instance_types=sorted({i["InstanceType"] for i in instances}),
+            security_group_id=self.launched.security_group_id,
+            keepalive_seconds=int(spec.keepalive.total_seconds()),
+            idle_timeout_seconds=int(spec.idle_timeout.total_seconds()) if spec.idle_timeout else None,
+            max_lifetime_seconds=int(spec.max_lifetime.total_seconds()) if spec.max_lifetime else None,
+            hourly_usd=self.estimate.hourly_usd, tags=dict(spec.tags))
+
+    def _heartbeat(self) -> None:
+        """Tell the daemon (if any) this cluster is wanted, and what it is doing, until it closes."""
+        interval = min(max(self.spec.keepalive.total_seconds() / 4, 5.0), 60.0)
+        while not self._stop_beating.wait(interval):
+            if self._daemon is None:
+                continue
+            try:
+                processing = self._client.processing()
+                beat = Heartbeat(tasks_processing=sum(len(tasks) for tasks in processing.values()),
+                                 workers=len(processing))
+            except Exception:  # the scheduler is busy or going away: still alive as far as the laptop knows
+                beat = Heartbeat()
+            self._daemon.heartbeat(self.cluster_id, beat)
+
+    def close(self) -> None:
+        """Disconnect, terminate every instance, delete the security group, tell the daemon. Safe to call twice."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop_beating.set()
+        if self._client is not None:
+            try:
+                self._client.close(timeout=5)
+            except Exception:
+                log.debug("closing the Dask client of %s failed", self.cluster_id, exc_info=True)
+        with self.console.status(f"shutting down {self.cluster_id}…"):
+            teardown(self._ec2, self.launched)
+        daemon = getattr(self, "_daemon", None)
+        if daemon is not None:
+            daemon.closed(self.cluster_id)
+            daemon.close()
+        atexit.unregister(self.close)
+        self.console.print(f"vmguard: {self.cluster_id} shut down", highlight=False)

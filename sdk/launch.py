@@ -1,0 +1,558 @@
+"""Launch a cluster's VMs with safe defaults in as few EC2 calls as the API allows, and tear them down.
+
+The request is the proof of safety, so every launch call carries it explicitly:
+
+- one security group per cluster in the default VPC: the scheduler and dashboard ports (8786-8787) only from
+  ``client_cidrs``, all traffic only from the group itself; deleted after the instances are gone;
+- IMDSv2 required with hop limit 1 (containers on the VM cannot reach the metadata service);
+- an encrypted gp3 root volume of ``disk_size`` GiB and ``DeleteOnTermination`` on every EBS block device of the
+  image; ``InstanceInitiatedShutdownBehavior=terminate`` (the VM's own ``shutdown`` ends its bill);
+- tags on creation for the instance, its volumes and its network interface (and the security group, and spot
+  requests): ``guard:managed``, ``owner``, ``vmguard:cluster``, ``vmguard:role``, ``vmguard:keepalive``,
+  ``vmguard:expires``, ``Name``, plus the user's tags;
+- the user-data of :mod:`sdk.bootstrap` (the VM's dead-man switch; no secrets); burstable types get standard CPU
+  credits (no surprise "unlimited" surcharge);
+- a ``ClientToken`` on each RunInstances call, so a retried call never launches twice.
+
+Calls: the scheduler with one RunInstances (count 1), then every worker in ONE RunInstances asking for all of them
+in the scheduler's subnet — all or nothing, so a cluster that fits stays in one AZ and pays no cross-AZ transfer.
+Only when that is refused for capacity does it fall back, each call asking for what is still missing with
+``MinCount=1``: the same AZ again, then the other default subnets, then the next type of the list, and for
+``spot_with_fallback`` the same again on-demand. RunInstances rather than CreateFleet: CreateFleet needs a launch
+template (one more resource to leak), and tags only instances on creation.
+
+A cluster that ends up with fewer workers than asked is returned with a :class:`PartialLaunch` warning saying so;
+one whose scheduler, or every worker, could not launch is torn down (instances found by the cluster tag too, so a
+launch whose reply was lost is not leaked) and an ``SdkError`` says what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from sdk.bootstrap import DASHBOARD_PORT, SCHEDULER_PORT, user_data, vm_config
+from sdk.errors import SdkError
+from sdk.spec import ClusterSpec
+from sdk.types import InstanceType, describe_types
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+"""Told ``(done, total, text)`` as VMs launch: done and total count VMs (scheduler included)."""
+
+IMAGE_NAME_PATTERNS = {"x86_64": "al2023-ami-2023.*-x86_64", "arm64": "al2023-ami-2023.*-arm64"}
+"""Amazon Linux 2023 (not the minimal image), by architecture; the newest available one is used."""
+IMAGE_OWNER = "amazon"
+METADATA_OPTIONS = {"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled",
+                    "InstanceMetadataTags": "disabled"}
+ROOT_VOLUME_TYPE = "gp3"
+MAX_WORKER_CALLS = 16
+"""RunInstances calls for the workers before settling for what launched."""
+TERMINATE_BATCH = 1000
+CAPACITY_ERRORS = frozenset({
+    "InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity",
+    "InsufficientFreeAddressesInSubnet", "Unsupported", "SpotMaxPriceTooLow", "InsufficientCapacityOnHost",
+})
+"""Refusals that launched nothing and may succeed in another AZ or with another type."""
+QUOTA_ERRORS = frozenset({"VcpuLimitExceeded", "InstanceLimitExceeded", "MaxSpotInstanceCountExceeded"})
+"""Refusals that launched nothing and will refuse the same market again: stop asking for it."""
+_INSTANCE_ID = re.compile(r"i-[0-9a-f]{8,17}")
+
+
+class PartialLaunch(UserWarning):
+    """Fewer workers launched than asked: capacity ran out in every AZ and type tried."""
+
+
+@dataclass
+class Launched:
+    """What a launch made: the instances (as dicts of InstanceId, PublicIpAddress, PrivateIpAddress, InstanceType,
+    AvailabilityZone, Lifecycle) and the security group."""
+
+    cluster_id: str
+    region: str
+    security_group_id: str
+    scheduler: dict[str, Any]
+    workers: list[dict[str, Any]] = field(default_factory=list)
+    requested_workers: int = 0
+    problems: list[str] = field(default_factory=list)
+    """Why fewer workers launched than asked (empty when all did)."""
+
+    @property
+    def instance_ids(self) -> list[str]:
+        """The scheduler first, then the workers."""
+        return [self.scheduler["InstanceId"], *(worker["InstanceId"] for worker in self.workers)]
+
+    @property
+    def instance_types(self) -> list[str]:
+        return sorted({instance["InstanceType"] for instance in [self.scheduler, *self.workers]})
+
+
+@dataclass(frozen=True)
+class _Subnet:
+    subnet_id: str
+    zone: str
+
+
+@dataclass(frozen=True)
+class _Image:
+    image_id: str
+    root_device: str
+    block_devices: tuple[dict[str, Any], ...]
+
+
+class _Refused(Exception):
+    """A RunInstances call that launched nothing, for a reason another AZ, type or market may not have."""
+
+    def __init__(self, code: str, message: str, quota: bool) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.quota = quota
+
+
+# -- the launch -------------------------------------------------------------------------------------------------
+
+
+def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, client_cidrs: Sequence[str],
+           ec2_client: Any, progress: Progress | None = None, *,
+           image_ids: dict[str, str] | None = None) -> Launched:
+    """Launch the scheduler and ``spec.n_workers`` workers of ``cluster_id``; see the module docstring.
+
+    ``instance_types``: first choice first (later ones are fallbacks). ``client_cidrs``: who may reach the
+    scheduler's ports. ``image_ids``: an AMI per architecture (``x86_64``/``arm64``) instead of the newest
+    Amazon Linux 2023.
+    """
+    types = list(dict.fromkeys(instance_types))
+    if not types:
+        raise SdkError("no instance type to launch; pass vm_type or cpu/memory")
+    if not client_cidrs:
+        raise SdkError("no address may reach the cluster; pass allow_ingress_from=['<your address>/32']")
+    if ec2_client.meta.region_name != spec.region:
+        raise SdkError(f"the EC2 client is for {ec2_client.meta.region_name} but the cluster is for {spec.region}")
+    report = progress or (lambda done, total, text: None)
+    total = 1 + spec.n_workers
+    run = _Run(spec, cluster_id, ec2_client, types)
+    try:
+        report(0, total, f"{cluster_id}: preparing the network")
+        run.prepare(image_ids)
+        run.create_security_group(client_cidrs)
+        report(0, total, f"{cluster_id}: launching the scheduler")
+        run.launch_scheduler()
+        report(1, total, f"{cluster_id}: launching {spec.n_workers} worker(s)")
+        run.launch_workers(lambda: report(1 + len(run.workers), total,
+                                          f"{cluster_id}: {len(run.workers)} of {spec.n_workers} worker(s) launched"))
+        if spec.n_workers and not run.workers:
+            raise SdkError(f"could not launch any of the {spec.n_workers} worker(s) of {cluster_id}: "
+                           f"{'; '.join(run.problems[-2:]) or 'no capacity'}")
+        run.refresh_scheduler()
+    except BaseException as exc:
+        cleanup = run.abort()
+        if isinstance(exc, SdkError):
+            raise SdkError(f"{exc}; {cleanup}") from None
+        if isinstance(exc, (ClientError, BotoCoreError)):
+            raise SdkError(f"launching {cluster_id} failed ({_describe_error(exc)}); {cleanup}") from None
+        raise
+    launched = Launched(cluster_id=cluster_id, region=spec.region, security_group_id=run.security_group_id or "",
+                        scheduler=run.scheduler or {}, workers=run.workers, requested_workers=spec.n_workers,
+                        problems=run.problems if len(run.workers) < spec.n_workers else [])
+    done = 1 + len(launched.workers)
+    if len(launched.workers) < spec.n_workers:
+        message = (f"{cluster_id}: launched {len(launched.workers)} of {spec.n_workers} workers "
+                   f"({'; '.join(run.problems[-2:])})")
+        report(done, total, message)
+        log.warning("%s", message)
+        warnings.warn(message, PartialLaunch, stacklevel=2)
+    else:
+        report(done, total, f"{cluster_id}: launched 1 scheduler and {len(launched.workers)} worker(s)")
+    return launched
+
+
+class _Run:
+    """The state of one launch, so a failure at any step can undo exactly what was made."""
+
+    def __init__(self, spec: ClusterSpec, cluster_id: str, ec2: Any, types: list[str]) -> None:
+        self.spec = spec
+        self.cluster_id = cluster_id
+        self.ec2 = ec2
+        self.types = types
+        self.launched_at = datetime.now(timezone.utc)
+        self.infos: dict[str, InstanceType] = {}
+        self.images: dict[str, _Image] = {}
+        self.vpc_id = ""
+        self.subnets: list[_Subnet] = []
+        self.zones: dict[str, set[str]] = {}
+        self.security_group_id: str | None = None
+        self.scheduler: dict[str, Any] | None = None
+        self.scheduler_subnet: _Subnet | None = None
+        self.workers: list[dict[str, Any]] = []
+        self.problems: list[str] = []
+        self.calls = 0
+
+    # -- what to launch into --------------------------------------------------------------------------------
+
+    def prepare(self, image_ids: dict[str, str] | None) -> None:
+        """The types' architectures, the images, the default VPC's subnets and which AZs offer each type."""
+        self.infos = describe_types(self.ec2, self.types)
+        unknown = [name for name in self.types if name not in self.infos]
+        if unknown:
+            raise SdkError(f"{', '.join(unknown)} is not offered in {self.spec.region}; check vm_type")
+        for arch in sorted({self.infos[name].arch for name in self.types}):
+            self.images[arch] = self._image(arch, (image_ids or {}).get(arch))
+        self._default_subnets()
+        self._offerings()
+
+    def _image(self, arch: str, image_id: str | None) -> _Image:
+        if image_id:
+            images = self.ec2.describe_images(ImageIds=[image_id]).get("Images", [])
+        else:
+            pattern = IMAGE_NAME_PATTERNS.get(arch)
+            if pattern is None:
+                raise SdkError(f"vmguard has no Linux image for {arch}; pick an x86_64 or arm64 vm_type")
+            images = self.ec2.describe_images(Owners=[IMAGE_OWNER], Filters=[
+                {"Name": "name", "Values": [pattern]}, {"Name": "architecture", "Values": [arch]},
+                {"Name": "state", "Values": ["available"]}, {"Name": "root-device-type", "Values": ["ebs"]},
+            ]).get("Images", [])
+        if not images:
+            which = image_id or f"Amazon Linux 2023 ({arch})"
+            raise SdkError(f"no image {which} is available in {self.spec.region}; pass image_ids={{'{arch}': "
+                           "'ami-…'}")
+        image = max(images, key=lambda item: item.get("CreationDate") or "")
+        if image.get("Architecture") and image["Architecture"] != arch:
+            raise SdkError(f"image {image['ImageId']} is {image['Architecture']}, not {arch}")
+        root = image.get("RootDeviceName") or "/dev/xvda"
+        root_size = next((m.get("Ebs", {}).get("VolumeSize") for m in image.get("BlockDeviceMappings", [])
+                          if m.get("DeviceName") == root), None)
+        if root_size and self.spec.disk_size < int(root_size):
+            raise SdkError(f"disk_size={self.spec.disk_size} GiB is smaller than the {root_size} GiB root volume of "
+                           f"{image['ImageId']}; pass disk_size={root_size} or more")
+        return _Image(image_id=image["ImageId"], root_device=root,
+                      block_devices=tuple(image.get("BlockDeviceMappings", [])))
+
+    def _default_subnets(self) -> None:
+        vpcs = self.ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}]).get("Vpcs", [])
+        if not vpcs:
+            raise SdkError(f"{self.spec.region} has no default VPC, which vmguard launches into; create one with "
+                           f"`aws ec2 create-default-vpc --region {self.spec.region}`")
+        self.vpc_id = vpcs[0]["VpcId"]
+        subnets = []
+        for page in self.ec2.get_paginator("describe_subnets").paginate(Filters=[
+                {"Name": "vpc-id", "Values": [self.vpc_id]}, {"Name": "default-for-az", "Values": ["true"]}]):
+            subnets += [_Subnet(s["SubnetId"], s["AvailabilityZone"]) for s in page.get("Subnets", [])
+                        if s.get("State", "available") == "available"]
+        if not subnets:
+            raise SdkError(f"the default VPC of {self.spec.region} has no default subnets; create them with "
+                           f"`aws ec2 create-default-subnet --availability-zone <zone>`")
+        self.subnets = sorted(subnets, key=lambda subnet: subnet.zone)
+
+    def _offerings(self) -> None:
+        """The AZs that offer each type (all AZs when the account may not ask)."""
+        everywhere = {subnet.zone for subnet in self.subnets}
+        try:
+            zones: dict[str, set[str]] = {name: set() for name in self.types}
+            for page in self.ec2.get_paginator("describe_instance_type_offerings").paginate(
+                    LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": self.types}]):
+                for offer in page.get("InstanceTypeOfferings", []):
+                    zones.setdefault(offer["InstanceType"], set()).add(offer["Location"])
+        except ClientError as exc:
+            log.info("cannot list instance type offerings (%s); trying every AZ", _describe_error(exc))
+            zones = {name: set(everywhere) for name in self.types}
+        self.zones = {name: (found & everywhere) for name, found in zones.items()}
+        if not any(self.zones.values()):
+            raise SdkError(f"no AZ of the default VPC in {self.spec.region} offers {', '.join(self.types)}; "
+                           "pass another vm_type")
+
+    # -- what is launched -----------------------------------------------------------------------------------
+
+    def tags(self, role: str) -> list[dict[str, str]]:
+        """The tags of every resource of this cluster in ``role`` (scheduler, worker, or cluster for the group)."""
+        expires = self.launched_at + timedelta(seconds=self.spec.max_lifetime_seconds)
+        tags = {"Name": f"vmguard {self.cluster_id} {role}", **self.spec.tags,
+                "guard:managed": "true", "owner": self.spec.owner, "vmguard:cluster": self.cluster_id,
+                "vmguard:role": role, "vmguard:keepalive": str(self.spec.keepalive_seconds),
+                "vmguard:expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        return [{"Key": key, "Value": value} for key, value in tags.items()]
+
+    def create_security_group(self, client_cidrs: Sequence[str]) -> None:
+        group = self.ec2.create_security_group(
+            GroupName=f"vmguard-{self.cluster_id}", VpcId=self.vpc_id,
+            Description=f"vmguard cluster {self.cluster_id}: Dask ports from the client only, all traffic within",
+            TagSpecifications=[{"ResourceType": "security-group", "Tags": self.tags("cluster")}])
+        self.security_group_id = group["GroupId"]
+        v4 = [{"CidrIp": cidr, "Description": "vmguard client"} for cidr in client_cidrs if ":" not in cidr]
+        v6 = [{"CidrIpv6": cidr, "Description": "vmguard client"} for cidr in client_cidrs if ":" in cidr]
+        client = {"IpProtocol": "tcp", "FromPort": SCHEDULER_PORT, "ToPort": DASHBOARD_PORT}
+        if v4:
+            client["IpRanges"] = v4
+        if v6:
+            client["Ipv6Ranges"] = v6
+        self.ec2.authorize_security_group_ingress(GroupId=self.security_group_id, IpPermissions=[
+            client,
+            {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": self.security_group_id,
+                                                        "Description": "within the cluster"}]},
+        ])
+
+    def _block_devices(self, image: _Image) -> list[dict[str, Any]]:
+        """Every EBS device of the image encrypted and deleted with the instance; the root gp3 of disk_size."""
+        devices: list[dict[str, Any]] = []
+        for mapping in image.block_devices:
+            name = mapping.get("DeviceName")
+            if not name or "Ebs" not in mapping or name == image.root_device:
+                continue
+            ebs = {key: value for key, value in mapping["Ebs"].items()
+                   if key in ("SnapshotId", "VolumeSize", "VolumeType", "Iops", "Throughput")}
+            devices.append({"DeviceName": name, "Ebs": {**ebs, "Encrypted": True, "DeleteOnTermination": True}})
+        root = {"VolumeSize": self.spec.disk_size, "VolumeType": ROOT_VOLUME_TYPE, "Encrypted": True,
+                "DeleteOnTermination": True}
+        return [{"DeviceName": image.root_device, "Ebs": root}, *devices]
+
+    def _request(self, role: str, instance_type: str, subnet: _Subnet, count: tuple[int, int], spot: bool,
+                 scheduler_address: str | None) -> dict[str, Any]:
+        info = self.infos[instance_type]
+        image = self.images[info.arch]
+        resource_types = ["instance", "volume", "network-interface"] + (["spot-instances-request"] if spot else [])
+        self.calls += 1
+        request: dict[str, Any] = {
+            "ImageId": image.image_id,
+            "InstanceType": instance_type,
+            "MinCount": count[0],
+            "MaxCount": count[1],
+            "SubnetId": subnet.subnet_id,
+            "SecurityGroupIds": [self.security_group_id],
+            "UserData": user_data(vm_config(self.spec, role, self.cluster_id), scheduler_address),
+            "MetadataOptions": dict(METADATA_OPTIONS),
+            "BlockDeviceMappings": self._block_devices(image),
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "TagSpecifications": [{"ResourceType": kind, "Tags": self.tags(role)} for kind in resource_types],
+            "ClientToken": f"{self.cluster_id}-{role[0]}{self.calls}",
+        }
+        if spot:
+            request["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {
+                "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+        if info.burstable:
+            request["CreditSpecification"] = {"CpuCredits": "standard"}
+        return request
+
+    def _run_instances(self, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """One RunInstances call: the instances, or ``_Refused`` when it launched nothing for capacity/quota."""
+        try:
+            reply = self.ec2.run_instances(**request)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            message = exc.response.get("Error", {}).get("Message", "")
+            if code in CAPACITY_ERRORS or code in QUOTA_ERRORS:
+                raise _Refused(code, message, quota=code in QUOTA_ERRORS) from None
+            raise
+        market = "spot" if "InstanceMarketOptions" in request else "on-demand"
+        return [_summary(instance, market) for instance in reply.get("Instances", [])]
+
+    def _places(self, instance_type: str, first: _Subnet | None = None) -> list[_Subnet]:
+        zones = self.zones.get(instance_type, set())
+        places = [subnet for subnet in self.subnets if subnet.zone in zones]
+        if first is not None and first in places:
+            places.remove(first)
+            places.insert(0, first)
+        return places
+
+    def launch_scheduler(self) -> None:
+        """The scheduler, on-demand (losing it loses the cluster), the first type and AZ that has capacity."""
+        for instance_type in self.types:
+            for subnet in self._places(instance_type):
+                request = self._request("scheduler", instance_type, subnet, (1, 1), False, None)
+                try:
+                    instances = self._run_instances(request)
+                except _Refused as refused:
+                    self.problems.append(f"scheduler {instance_type} in {subnet.zone}: {refused.code}")
+                    if refused.quota:
+                        break
+                    continue
+                if instances:
+                    self.scheduler, self.scheduler_subnet = instances[0], subnet
+                    return
+        raise SdkError(f"could not launch the scheduler of {self.cluster_id} "
+                       f"({'; '.join(self.problems[-2:]) or 'no AZ offers the type'})")
+
+    def launch_workers(self, launched_some: Callable[[], None]) -> None:
+        """Every worker in one call if the scheduler's AZ has room; else what is missing, AZ by AZ, type by type."""
+        wanted = self.spec.n_workers
+        if not wanted:
+            return
+        assert self.scheduler is not None
+        address = f"{self.scheduler['PrivateIpAddress']}:{SCHEDULER_PORT}"
+        markets = {"on-demand": [False], "spot": [True], "spot_with_fallback": [True, False]}[self.spec.spot_policy]
+        attempts: list[tuple[bool, str, _Subnet, bool]] = []  # (spot, type, subnet, all or nothing)
+        for spot in markets:
+            for instance_type in self.types:
+                places = self._places(instance_type, self.scheduler_subnet)
+                if not attempts and places:
+                    attempts.append((spot, instance_type, places[0], True))
+                attempts += [(spot, instance_type, subnet, False) for subnet in places]
+        refused_markets: set[bool] = set()
+        for spot, instance_type, subnet, all_or_nothing in attempts[:MAX_WORKER_CALLS]:
+            missing = wanted - len(self.workers)
+            if missing <= 0:
+                break
+            if spot in refused_markets:
+                continue
+            count = (missing, missing) if all_or_nothing else (1, missing)
+            request = self._request("worker", instance_type, subnet, count, spot, address)
+            try:
+                instances = self._run_instances(request)
+            except _Refused as refused:
+                market = "spot" if spot else "on-demand"
+                self.problems.append(f"{market} {instance_type} in {subnet.zone}: {refused.code}")
+                if refused.quota:
+                    refused_markets.add(spot)
+                continue
+            self.workers += instances
+            if len(instances) < count[1]:
+                self.problems.append(f"{instance_type} in {subnet.zone}: {len(instances)} of {count[1]} launched")
+            launched_some()
+
+    def refresh_scheduler(self) -> None:
+        """The scheduler's public address, which AWS assigns after RunInstances answered."""
+        assert self.scheduler is not None
+        if self.scheduler.get("PublicIpAddress"):
+            return
+        try:
+            reply = self.ec2.describe_instances(InstanceIds=[self.scheduler["InstanceId"]])
+        except (ClientError, BotoCoreError) as exc:  # the cluster is launched; the caller can ask again later
+            log.info("cannot read the scheduler's public address yet (%s)", _describe_error(exc))
+            return
+        for reservation in reply.get("Reservations", []):
+            for instance in reservation.get("Instances", []):
+                self.scheduler = _summary(instance, self.scheduler.get("Lifecycle", "on-demand"))
+
+    # -- undo -----------------------------------------------------------------------------------------------
+
+    def abort(self) -> str:
+        """Terminate whatever this launch made (found by id and by the cluster tag) and delete the group."""
+        ids = [instance["InstanceId"] for instance in [self.scheduler, *self.workers] if instance]
+        try:
+            ids = teardown(self.ec2, instance_ids=ids, security_group_id=self.security_group_id,
+                           cluster_id=self.cluster_id, wait=True)
+        except Exception as exc:  # say what is left rather than hide the launch's own error
+            log.exception("cleaning up %s failed", self.cluster_id)
+            return f"cleaning up failed too ({exc}); look for resources tagged vmguard:cluster={self.cluster_id}"
+        done = ([f"terminated {len(ids)} instance(s)"] if ids else []) + (
+            ["deleted the security group"] if self.security_group_id else [])
+        return f"{' and '.join(done)}: nothing is left running" if done else "nothing was launched"
+
+
+def _summary(instance: dict[str, Any], market: str) -> dict[str, Any]:
+    return {
+        "InstanceId": instance["InstanceId"],
+        "PublicIpAddress": instance.get("PublicIpAddress"),
+        "PrivateIpAddress": instance.get("PrivateIpAddress"),
+        "InstanceType": instance.get("InstanceType"),
+        "AvailabilityZone": instance.get("Placement", {}).get("AvailabilityZone"),
+        "Lifecycle": instance.get("InstanceLifecycle") or market,
+    }
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        return f"{error.get('Code', 'Error')}: {error.get('Message', '')}".rstrip(": ")
+    return f"{type(exc).__name__}: {exc}"
+
+
+# -- teardown ---------------------------------------------------------------------------------------------------
+
+
+def teardown(ec2_client: Any, launched: Launched | None = None, *, instance_ids: Iterable[str] = (),
+             security_group_id: str | None = None, cluster_id: str | None = None, wait: bool = True,
+             timeout: float = 600.0, poll: float = 2.0) -> list[str]:
+    """Terminate a cluster's instances and (with ``wait``) delete its security group once they are gone.
+
+    Instances come from ``launched``, ``instance_ids`` and, when ``cluster_id`` is given, every instance tagged
+    ``vmguard:cluster=<cluster_id>`` (one paginated DescribeInstances: catches a launch whose reply was lost).
+    The group can only be deleted once no network interface uses it, so with ``wait`` its deletion is retried
+    until the instances are gone (``timeout``); without, it is tried once and left (tagged) if still in use.
+    Returns the ids it terminated. Raises ``SdkError`` naming what is left if the group could not be deleted
+    within ``timeout``.
+    """
+    ids = list(dict.fromkeys([*(launched.instance_ids if launched else []), *instance_ids]))
+    group = security_group_id or (launched.security_group_id if launched else None)
+    if cluster_id:
+        ids = list(dict.fromkeys([*ids, *_tagged_instances(ec2_client, cluster_id)]))
+    _terminate(ec2_client, ids)
+    if not group:
+        if wait and ids:
+            _wait_terminated(ec2_client, ids, timeout, poll)
+        return ids
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ec2_client.delete_security_group(GroupId=group)
+            return ids
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("InvalidGroup.NotFound", "InvalidGroupId.NotFound"):
+                return ids
+            if code != "DependencyViolation":
+                raise
+        if not wait:
+            log.info("security group %s is still in use; it is tagged for the guard to delete later", group)
+            return ids
+        if time.monotonic() > deadline:
+            raise SdkError(f"the instances were terminated but security group {group} was still in use after "
+                           f"{timeout:.0f}s; delete it later with `aws ec2 delete-security-group --group-id {group}`")
+        time.sleep(poll)
+
+
+def _tagged_instances(ec2: Any, cluster_id: str) -> list[str]:
+    ids = []
+    for page in ec2.get_paginator("describe_instances").paginate(Filters=[
+            {"Name": "tag:vmguard:cluster", "Values": [cluster_id]},
+            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}]):
+        for reservation in page.get("Reservations", []):
+            ids += [instance["InstanceId"] for instance in reservation.get("Instances", [])]
+    return ids
+
+
+def _terminate(ec2: Any, ids: list[str]) -> None:
+    """TerminateInstances in batches; ids AWS no longer knows are dropped and the batch is retried."""
+    for start in range(0, len(ids), TERMINATE_BATCH):
+        batch = ids[start:start + TERMINATE_BATCH]
+        while batch:
+            try:
+                ec2.terminate_instances(InstanceIds=batch)
+                break
+            except ClientError as exc:
+                error = exc.response.get("Error", {})
+                if error.get("Code") != "InvalidInstanceID.NotFound":
+                    raise
+                gone = set(_INSTANCE_ID.findall(error.get("Message", "")))
+                if not gone & set(batch):
+                    raise
+                batch = [instance_id for instance_id in batch if instance_id not in gone]
+
+
+def _wait_terminated(ec2: Any, ids: list[str], timeout: float, poll: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = set(ids)
+    while pending:
+        alive = set()
+        for start in range(0, len(ids), TERMINATE_BATCH):
+            batch = [i for i in ids[start:start + TERMINATE_BATCH] if i in pending]
+            if not batch:
+                continue
+            for page in ec2.get_paginator("describe_instances").paginate(InstanceIds=batch):
+                for reservation in page.get("Reservations", []):
+                    alive |= {i["InstanceId"] for i in reservation.get("Instances", [])
+                              if i.get("State", {}).get("Name") != "terminated"}
+        pending = alive
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise SdkError(f"{len(pending)} instance(s) were not terminated after {timeout:.0f}s: "
+                           f"{', '.join(sorted(pending)[:5])}")
+        time.sleep(poll)

@@ -154,10 +154,11 @@ def _show_demo_result(store: Store, regions: list[str], truth: Any, output: Form
         print_findings(console, findings, title="sandbox account")
     found = {(f["rule"], f["region"], f["resource_id"]): f["waste_hourly_usd"] for f in findings}
     expected = {key: e.waste_hourly_usd for key, e in truth.expected().items()}
-    # relative: what a log-retention policy would free moves with the log group's age, second by second
+    # relative, and loose enough for minutes: what a log-retention policy would free moves with the log group's age
+    # (a few parts per million per 10 s for a two-month-old group), and a loaded machine seeds slowly
     same_prices = all(
         (found[key] is None and value is None)
-        or (found[key] is not None and value is not None and math.isclose(found[key], value, rel_tol=1e-6))
+        or (found[key] is not None and value is not None and math.isclose(found[key], value, rel_tol=1e-4))
         for key, value in expected.items() if key in found
     )
     if found.keys() == expected.keys() and same_prices:

@@ -271,7 +271,8 @@ class PolicyMode(str, Enum):
 
 @app.command("iam-policy")
 def iam_policy(mode: PolicyMode = typer.Option(
-        PolicyMode.observe, "--mode", help="observe/dry-run: read-only; enforce: plus the enabled actions")) -> None:
+        PolicyMode.observe, "--mode", help=("observe/dry-run: read-only, plus terminating expired SDK clusters "
+                                            "(enforce_keepalive); enforce: plus the enabled actions"))) -> None:
     """Print the least-privilege IAM policy for the enabled rules (and, for enforce, their configured actions)."""
     from guard.iam import enforce_policy, observe_policy, render
 
@@ -279,9 +280,11 @@ def iam_policy(mode: PolicyMode = typer.Option(
     settings = _settings(registry)
     rules = [registry.rules[rule_id](settings.rule_configs[rule_id]) for rule_id in settings.enabled_rules()]
     if mode is PolicyMode.enforce:
-        print(render(enforce_policy(rules, settings.managed_tag_pair, settings.protect_tag_pair)))
+        print(render(enforce_policy(rules, settings.managed_tag_pair, settings.protect_tag_pair,
+                                    keepalive=settings.enforce_keepalive)))
     else:
-        print(render(observe_policy(rules)))
+        print(render(observe_policy(rules, keepalive=settings.enforce_keepalive, managed_tag=settings.managed_tag_pair,
+                                    protect_tag=settings.protect_tag_pair)))
 
 
 actions_app = typer.Typer(help="The actions the daemon planned or took (its audit trail); approve planned ones.",

@@ -1,4 +1,5 @@
-"""The long-running daemon: APScheduler scans each region on an interval; uvicorn serves the API, same process."""
+"""The long-running daemon: APScheduler scans each region on an interval and checks registered clusters' keepalives
+every few seconds; uvicorn serves the API, same process."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from guard.api import create_app
 from guard.aws import Aws
+from guard.clusters import ClusterRegistry, Keepalive, KeepaliveReport
 from guard.engine import Scanner, ScanReport
 from guard.metrics import DaemonMetrics
 from guard.notify import Notifier
@@ -31,9 +33,11 @@ class Daemon:
         self.settings = settings
         self.store = Store(settings.database_url, scope_of(settings))
         self.aws = aws or Aws()
+        self.clusters = ClusterRegistry(self.store)
         self.metrics = DaemonMetrics(self.store, self.aws.counter, rules=settings.enabled_rules(),
-                                     regions=settings.regions)
+                                     regions=settings.regions, clusters=self.clusters)
         self.scanner = Scanner(settings, registry, self.aws, self.store, on_scan=self._on_scan)
+        self.keepalive = Keepalive(settings, self.clusters, self.scanner.actuator, self.aws)
         self.token_generated = settings.api_token is None
         self.api_token = (settings.api_token.get_secret_value() if settings.api_token
                           else secrets.token_urlsafe(24))
@@ -46,7 +50,9 @@ class Daemon:
         self._announce_lock = threading.Lock()
         self.notifier = Notifier(settings.webhook_url.get_secret_value()) if settings.webhook_url else None
         self.app = create_app(self.store, self.metrics, self.api_token, settings.regions, self.ready_regions,
-                              self.scanner.actuator.audit)
+                              self.scanner.actuator.audit, clusters=self.clusters,
+                              owner_tokens={owner: token.get_secret_value()
+                                            for owner, token in settings.api_tokens.items()})
         interval = settings.scan_interval.total_seconds()
         self.scheduler = BackgroundScheduler(
             timezone=timezone.utc,
@@ -104,13 +110,32 @@ class Daemon:
             with self._announce_lock:
                 self._announcing.difference_update(finding["id"] for finding in findings)
 
+    def check_keepalive(self) -> KeepaliveReport:
+        """The keepalive job: expire registered clusters past their limits and terminate them (see guard.clusters)."""
+        try:
+            report = self.keepalive.check()
+        except Exception:  # the next check, seconds away, tries again; a crash must not end the job
+            log.exception("keepalive check failed")
+            return KeepaliveReport()
+        self.metrics.observe_actions(report.actions)
+        if self.notifier:
+            for send, items in ((self.notifier.executed_actions, report.actions.executed),
+                                (self.notifier.failures, report.actions.failed)):
+                if items:
+                    threading.Thread(target=send, args=(items,), name="notify", daemon=True).start()
+        return report
+
     def start_scheduler(self, first_scan_now: bool = True) -> None:
-        """One job per region: never overlapping itself, missed runs coalesced into one."""
+        """One job per region and the keepalive job: never overlapping themselves, missed runs coalesced into one."""
         interval = self.settings.scan_interval
-        first = datetime.now(timezone.utc) + (timedelta(0) if first_scan_now else interval)
+        now = datetime.now(timezone.utc)
+        first = now + (timedelta(0) if first_scan_now else interval)
         for region in self.settings.regions:
             self.scheduler.add_job(self.scanner.scan, "interval", args=[region], id=f"scan:{region}",
                                    name=f"scan {region}", seconds=interval.total_seconds(), next_run_time=first)
+        every = self.settings.keepalive_check_interval.total_seconds()
+        self.scheduler.add_job(self.check_keepalive, "interval", id="keepalive", name="keepalive check",
+                               seconds=every, next_run_time=now, misfire_grace_time=int(max(every, 1)))
         self.scheduler.start()
 
     def check_listen(self) -> None:

@@ -2,7 +2,9 @@
 
 The enforce policy allows each configured action's calls only on resources tagged ``guard:managed`` unless the rule
 opts in to unmanaged resources, and denies every mutating call on a resource carrying the protection tag — so the
-account itself holds the gates even if the daemon had a bug.
+account itself holds the gates even if the daemon had a bug. Keepalive enforcement of registered clusters (on unless
+``enforce_keepalive = false``) runs in every mode, so both policies then allow its two calls, on ``guard:managed``
+resources only and never on protected ones.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from guard.actions.executors import EXECUTORS, Executor
+from guard.actions.executors import EXECUTORS, TERMINATE_CLUSTER, Executor
 from guard.rule import Rule, RuleConfig
 
 _SERVICE_PREFIX = {
@@ -31,13 +33,42 @@ def iam_action(service: str, operation: str) -> str:
     return _ACTION.get((service, operation), f"{_SERVICE_PREFIX.get(service, service)}:{operation}")
 
 
-def observe_policy(rules: Iterable[type[Rule] | Rule]) -> dict:
-    """A read-only policy: the union of the rules' permissions (observe mode makes no mutating call)."""
-    actions = sorted({permission for rule in rules for permission in rule.iam_permissions})
-    return {
-        "Version": "2012-10-17",
-        "Statement": [{"Sid": "VmguardObserve", "Effect": "Allow", "Action": actions, "Resource": "*"}],
-    }
+def observe_policy(rules: Iterable[type[Rule] | Rule], keepalive: bool = False,
+                   managed_tag: tuple[str, str] = ("guard:managed", "true"),
+                   protect_tag: tuple[str, str] = ("guard:protect", "true")) -> dict:
+    """A read-only policy: the union of the rules' permissions (observe mode makes no other mutating call) — plus,
+    with ``keepalive``, the calls that terminate an expired registered cluster (managed, unprotected resources)."""
+    actions = {permission for rule in rules for permission in rule.iam_permissions}
+    statements: list[dict] = []
+    if keepalive:
+        actions |= _keepalive_reads()
+        statements += [*_keepalive_statements(managed_tag), _protect_statement(_keepalive_operations(), protect_tag)]
+    observe = {"Sid": "VmguardObserve", "Effect": "Allow", "Action": sorted(actions), "Resource": "*"}
+    return {"Version": "2012-10-17", "Statement": [observe, *statements]}
+
+
+def _keepalive_reads() -> set[str]:
+    return {iam_action(*op.split(":")) for op in TERMINATE_CLUSTER.reads}
+
+
+def _keepalive_operations() -> set[str]:
+    return {iam_action(*op.split(":")) for op in TERMINATE_CLUSTER.operations}
+
+
+def _keepalive_statements(managed_tag: tuple[str, str]) -> list[dict]:
+    """TerminateInstances on instances and DeleteSecurityGroup on security groups, only those the SDK launched (the
+    daemon also checks the cluster tag, which IAM cannot compare with the cluster id)."""
+    key, value = managed_tag
+    on_managed = {"StringEquals": {f"aws:ResourceTag/{key}": value}}
+    return [_statement("VmguardKeepalive" + operation.split(":")[1], [iam_action(*operation.split(":"))],
+                       resource.format(region="*", account="*"), on_managed)
+            for operation, resource in sorted(TERMINATE_CLUSTER.iam_resources.items())]
+
+
+def _protect_statement(actions: Iterable[str], protect_tag: tuple[str, str]) -> dict:
+    key, value = protect_tag
+    return {"Sid": "VmguardNeverTouchProtected", "Effect": "Deny", "Action": sorted(actions), "Resource": "*",
+            "Condition": {"StringEqualsIgnoreCase": {f"aws:ResourceTag/{key}": value}}}
 
 
 def render(policy: dict) -> str:
@@ -60,19 +91,24 @@ def actions_in_use(rules: Iterable[Rule]) -> dict[str, bool]:
     return used
 
 
-def enforce_policy(rules: list[Rule], managed_tag: tuple[str, str], protect_tag: tuple[str, str]) -> dict:
-    """The observe policy, plus each enabled action's calls (tag-conditioned where AWS allows) and a protection Deny."""
+def enforce_policy(rules: list[Rule], managed_tag: tuple[str, str], protect_tag: tuple[str, str],
+                   keepalive: bool = False) -> dict:
+    """The observe policy, plus each enabled action's calls (tag-conditioned where AWS allows) and a protection Deny;
+    with ``keepalive``, also the calls that terminate an expired registered cluster (on managed resources)."""
     used = actions_in_use(rules)
     reads = {permission for rule in rules for permission in rule.iam_permissions}
     reads |= {iam_action(*op.split(":")) for name in used for op in EXECUTORS[name].reads}
+    if keepalive:
+        reads |= _keepalive_reads()
     statements: list[dict] = [{"Sid": "VmguardObserve", "Effect": "Allow", "Action": sorted(reads), "Resource": "*"}]
     for name, unconditioned in sorted(used.items()):
         statements += _action_statements(EXECUTORS[name], managed_tag, conditioned=not unconditioned)
-    mutating = sorted({op for name in used for op in EXECUTORS[name].operations} - {"ec2:CreateTags"})
+    mutating = {op for name in used for op in EXECUTORS[name].operations} - {"ec2:CreateTags"}
+    if keepalive:
+        statements += _keepalive_statements(managed_tag)
+        mutating |= _keepalive_operations()
     if mutating:
-        key, value = protect_tag
-        statements.append({"Sid": "VmguardNeverTouchProtected", "Effect": "Deny", "Action": mutating, "Resource": "*",
-                           "Condition": {"StringEqualsIgnoreCase": {f"aws:ResourceTag/{key}": value}}})
+        statements.append(_protect_statement(mutating, protect_tag))
     return {"Version": "2012-10-17", "Statement": statements}
 
 

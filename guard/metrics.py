@@ -1,7 +1,9 @@
 """Prometheus exposition: findings, waste and spend rendered from the store at scrape time, plus scan health.
 
 Labels are bounded (rule, region, owner, severity, instance_type, collector, service, operation) — never a
-resource id. Money is in USD; rates per hour carry ``_hourly_usd``.
+resource id, with one exception: ``guard_cluster_hourly_usd`` carries the cluster id of each *running* registered
+cluster (bounded by the clusters alive at once; a closed or terminated cluster's series ends). Money is in USD;
+rates per hour carry ``_hourly_usd``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from guard.actions.runner import ActionReport
 from guard.aws import CallCounter
+from guard.clusters import ClusterRegistry
 from guard.engine import ScanReport
 from guard.store import Store
 
@@ -22,11 +26,13 @@ SCAN_DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 class _StoreCollector(Collector):
     """Reads the store on each scrape, so a restarted daemon exports what it knew before."""
 
-    def __init__(self, store: Store, calls: CallCounter, rules: list[str], regions: list[str]):
+    def __init__(self, store: Store, calls: CallCounter, rules: list[str], regions: list[str],
+                 clusters: ClusterRegistry | None = None):
         self.store = store
         self.calls = calls
         self.rules = rules
         self.regions = regions
+        self.clusters = clusters
 
     def collect(self):
         findings = GaugeMetricFamily("guard_findings", "Open findings.", labels=["rule", "severity", "region"])
@@ -70,6 +76,23 @@ class _StoreCollector(Collector):
         for (region, service, operation), count in sorted(self.calls.counts().items()):
             api.add_metric([region, service, operation], count)
         yield api
+        if self.clusters is not None:
+            yield from self._clusters()
+
+    def _clusters(self):
+        states = GaugeMetricFamily("guard_clusters", "Clusters the SDK registered, by state.", labels=["state"])
+        for state, count in self.clusters.count_by_state().items():
+            states.add_metric([state], count)
+        cost = GaugeMetricFamily("guard_cluster_hourly_usd",
+                                 "Estimated cost of each running registered cluster, USD per hour.",
+                                 labels=["owner", "cluster"])
+        for owner, cluster_id, hourly in self.clusters.running_costs():
+            cost.add_metric([owner, cluster_id], hourly)
+        beats = CounterMetricFamily("guard_cluster_heartbeats", "Heartbeats received from registered clusters.",
+                                    labels=["owner"])
+        for owner, count in sorted(self.clusters.heartbeats_by_owner().items()):
+            beats.add_metric([owner], count)
+        yield from (states, cost, beats)
 
     def _scan_health(self):
         running = GaugeMetricFamily("guard_running_hourly_usd", "What running instances cost now, USD per hour.",
@@ -114,9 +137,10 @@ class _StoreCollector(Collector):
 class DaemonMetrics:
     """The daemon's own registry (never the global one) and the scan observer that feeds it."""
 
-    def __init__(self, store: Store, calls: CallCounter, rules: list[str], regions: list[str]):
+    def __init__(self, store: Store, calls: CallCounter, rules: list[str], regions: list[str],
+                 clusters: ClusterRegistry | None = None):
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_StoreCollector(store, calls, rules, regions))
+        self.registry.register(_StoreCollector(store, calls, rules, regions, clusters))
         self.scan_duration = Histogram("guard_scan_duration_seconds", "Wall time of one region scan.",
                                        labelnames=["region"], buckets=SCAN_DURATION_BUCKETS, registry=self.registry)
         self.scan_errors = Counter("guard_scan_errors", "Errors met while scanning, by source.",
@@ -131,7 +155,10 @@ class DaemonMetrics:
         self.scans.labels(report.region, report.status).inc()
         for error in report.errors:
             self.scan_errors.labels(report.region, error["source"]).inc()
-        for rule, action, result in report.actions.results:
+        self.observe_actions(report.actions)
+
+    def observe_actions(self, report: ActionReport) -> None:
+        for rule, action, result in report.results:
             self.actions.labels(rule, action, result).inc()
 
     def render(self) -> bytes:

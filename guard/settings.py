@@ -28,6 +28,9 @@ from guard.rule import Registry, RuleConfig
 
 Mode = Literal["observe", "dry-run", "enforce"]
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
+_OWNER = re.compile(r"[A-Za-z0-9._@+\-]{1,256}")
+SECRET_SETTINGS = frozenset({"api_token", "api_tokens", "webhook_url"})
+"""Settings whose value is never printed, in check-config nor in an error message."""
 
 
 class ConfigError(Exception):
@@ -64,7 +67,11 @@ class Settings(BaseSettings):
     metrics_refresh: Duration = Field(timedelta(minutes=5), description=(
         "how often CloudWatch series are fetched again (GetMetricData bills $0.01 per 1,000 metrics); "
         "scans in between reuse them"))
-    api_token: SecretStr | None = Field(None, description="bearer token for /v1/…; a random one is made if unset")
+    api_token: SecretStr | None = Field(None, description=(
+        "admin bearer token for /v1/… (sees and does everything); a random one is made if unset"))
+    api_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict, description=(
+        "per-owner bearer tokens, owner=token pairs (comma-separated in GUARD_API_TOKENS): an owner's token registers, "
+        "heartbeats, closes and lists only that owner's clusters, and reads /v1 like the admin token"))
     webhook_url: SecretStr | None = Field(None, description=(
         "Slack-compatible incoming webhook: one message per scan that opens findings or starts failing"))
     owner_tag: str = Field("owner", description="tag whose value names a resource's owner")
@@ -82,6 +89,11 @@ class Settings(BaseSettings):
     min_resource_age: Duration = Field(timedelta(hours=6), description="resources younger than this are never acted on")
     snapshot_timeout: Duration = Field(timedelta(hours=6), description=(
         "snapshot-then-delete gives up (keeping the volume) when its snapshot has not completed by then"))
+    enforce_keepalive: bool = Field(True, description=(
+        "terminate a registered cluster whose heartbeats stopped (or that idled) past what its owner asked for at "
+        "launch, in every mode — still gated by protection and the audit trail"))
+    keepalive_check_interval: Duration = Field(timedelta(seconds=5), description=(
+        "how often registered clusters' keepalives are checked"))
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-rule sections [rules.<id>]")
 
     _rule_configs: dict[str, RuleConfig] = PrivateAttr(default_factory=dict)
@@ -168,6 +180,60 @@ class Settings(BaseSettings):
             raise ValueError("use at least 16 characters, e.g. the output of `openssl rand -hex 16`")
         return value
 
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _parse_owner_tokens(cls, value: Any) -> Any:
+        """``alice=<token>,bob=<token>`` (or a TOML table); messages name the owner or entry, never a token."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return {}
+        if isinstance(value, str):
+            pairs: dict[str, str] = {}
+            for number, entry in enumerate(value.split(","), start=1):
+                if not entry.strip():
+                    continue
+                owner, sep, token = entry.partition("=")
+                if not sep or not owner.strip():
+                    raise ValueError(f"entry {number} is not owner=token; expected comma-separated owner=token pairs, "
+                                     "e.g. 'alice=<token>,bob=<token>'")
+                if owner.strip() in pairs:
+                    raise ValueError(f"owner {owner.strip()!r} is listed twice; give each owner one token")
+                pairs[owner.strip()] = token.strip()
+            value = pairs
+        if not isinstance(value, Mapping):
+            raise ValueError("expected owner=token pairs, e.g. 'alice=<token>,bob=<token>' or a TOML table")
+        tokens: dict[str, str] = {}
+        for owner, token in value.items():
+            owner = str(owner).strip()
+            secret = token.get_secret_value() if isinstance(token, SecretStr) else token
+            if not isinstance(secret, str):
+                raise ValueError(f"the token of owner {owner!r} must be a string")
+            if not _OWNER.fullmatch(owner):
+                raise ValueError(f"owner {owner!r} is not a usable owner name: use letters, digits and . _ @ + - "
+                                 "(as in the owner tag), at most 256 characters")
+            if len(secret.strip()) < 16:
+                raise ValueError(f"the token of owner {owner!r} is too short: use at least 16 characters, "
+                                 "e.g. the output of `openssl rand -hex 16`")
+            tokens[owner] = secret.strip()
+        if len(set(tokens.values())) < len(tokens):
+            raise ValueError("two owners share a token: each owner needs its own (the token names the owner)")
+        return tokens
+
+    @model_validator(mode="after")
+    def _owner_tokens_differ_from_admin(self) -> Settings:
+        if self.api_token is not None and any(
+                token.get_secret_value() == self.api_token.get_secret_value() for token in self.api_tokens.values()):
+            raise ValueError("api_tokens: an owner's token equals api_token (the admin token); give owners their own "
+                             "tokens (GUARD_API_TOKENS)")
+        return self
+
+    @field_validator("keepalive_check_interval")
+    @classmethod
+    def _check_keepalive_interval(cls, value: timedelta) -> timedelta:
+        if not 1 <= value.total_seconds() <= 30:
+            raise ValueError("expected between 1 and 30 seconds (a cluster is terminated within 60s of its expiry), "
+                             "e.g. '5s'")
+        return value
+
     @field_validator("webhook_url", mode="before")
     @classmethod
     def _check_webhook(cls, value: Any) -> Any:
@@ -249,6 +315,7 @@ class Settings(BaseSettings):
 
         data = self.model_dump(mode="json", exclude={"rules"})
         data["api_token"] = "********" if self.api_token else None
+        data["api_tokens"] = {owner: "********" for owner in self.api_tokens}
         data["webhook_url"] = "********" if self.webhook_url else None
         data["database_url"] = make_url(self.database_url).render_as_string(hide_password=True)
         data["rules"] = {rule_id: config.model_dump(mode="json") for rule_id, config in self._rule_configs.items()}
@@ -265,6 +332,8 @@ def describe_error(exc: ValidationError, prefix: str = "", section: Mapping[str,
     value = error.get("input")
     if section is not None and loc and loc[0] in section:
         value = section[loc[0]]
+    if not prefix and loc and loc[0] in SECRET_SETTINGS:
+        value = "********"
     env_name = "GUARD_" + key.upper().replace(".", "__").replace("-", "_")
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "literal_error":

@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import logging
 import secrets
+import socket
 import threading
 import time
 from typing import Any
@@ -29,6 +30,14 @@ log = logging.getLogger(__name__)
 
 SCHEDULER_PORT = 8786
 _AWS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 5})
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 class Cluster:
@@ -88,27 +97,27 @@ class Cluster:
         return launched
 
     def _wait_for_scheduler(self) -> str:
-        """The scheduler's address once a Dask client can connect to it (the VM has booted and started Dask)."""
+        """The scheduler's address once a Dask client can connect to it (the VM has booted and started Dask).
+
+        The address is read again from EC2 each time: an instance's public IP may come (or change) after launch.
+        """
         from distributed import Client
 
-        scheduler = self.launched.scheduler
-        host = scheduler.get("PublicIpAddress") or scheduler.get("PrivateIpAddress")
         deadline = time.monotonic() + self.spec.boot_timeout.total_seconds()
+        last_error = "no address yet"
         with self.console.status(f"waiting for the scheduler of {self.cluster_id} to boot…"):
-            while True:
-                host = host or self._refresh_scheduler_ip()
-                if host:
+            while time.monotonic() < deadline:
+                host = self._refresh_scheduler_ip()
+                if host and _port_open(host, SCHEDULER_PORT):
                     address = f"tcp://{host}:{SCHEDULER_PORT}"
                     try:
-                        self._client = Client(address, timeout=5, set_as_default=False)
+                        self._client = Client(address, timeout=10, set_as_default=False)
                         return address
-                    except (OSError, TimeoutError):
-                        pass
-                if time.monotonic() > deadline:
-                    raise SdkError(f"the scheduler of {self.cluster_id} did not answer within "
-                                   f"{int(self.spec.boot_timeout.total_seconds())}s; the cluster was torn down")
+                    except Exception as exc:  # not (yet) a Dask scheduler answering there
+                        last_error = f"{type(exc).__name__}: {exc}"
                 time.sleep(1)
-                host = None
+        raise SdkError(f"the scheduler of {self.cluster_id} did not answer within "
+                       f"{int(self.spec.boot_timeout.total_seconds())}s ({last_error}); the cluster was torn down")
 
     def _refresh_scheduler_ip(self) -> str | None:
         reservations = self._ec2.describe_instances(InstanceIds=[self.launched.scheduler["InstanceId"]])

@@ -261,6 +261,156 @@ class DeleteSnapshot(Executor):
         return Outcome("done")
 
 
+CLUSTER_TAG = "vmguard:cluster"
+"""Tag the SDK puts on every resource of a cluster it launched: the cluster id."""
+_LIVE = ("pending", "running", "stopping", "stopped")
+_CHUNK = 200
+"""Values per Describe filter (EC2 accepts at most 200)."""
+
+
+def _pair(tag: str) -> tuple[str, str]:
+    key, _, value = tag.partition("=")
+    return key, value
+
+
+def _has(tags: Tags, pair: tuple[str, str]) -> bool:
+    return tags.get(pair[0], "").lower() == pair[1].lower()
+
+
+@dataclass(frozen=True)
+class _ClusterView:
+    """A registered cluster's instances and security group as EC2 shows them now."""
+
+    ours: dict[str, str]
+    """Instances tagged as this cluster's (managed tag and cluster id) → state."""
+    foreign: dict[str, str]
+    """Registered instances that are not tagged as this cluster's → state: never touched."""
+    protected: list[str]
+    group: dict | None
+    group_ours: bool
+
+    def ids(self, states: tuple[str, ...], which: str = "ours") -> list[str]:
+        return sorted(i for i, state in getattr(self, which).items() if state in states)
+
+
+class TerminateCluster(Executor):
+    """Terminate an expired cluster the SDK registered: its instances, then its security group.
+
+    Only instances tagged with the managed tag AND ``vmguard:cluster=<id>`` are terminated (a registered id that is
+    not tagged so is left alone and named in the outcome); the security group is deleted once every one of them is
+    terminated, and only if it carries the same two tags. Any live instance or the group carrying the protection
+    tag stops the whole action. Params: instance_ids, region, security_group_id, managed_tag, protect_tag.
+    """
+
+    name = "terminate-cluster"
+    resource_type = "cluster"
+    operations = ("ec2:TerminateInstances", "ec2:DeleteSecurityGroup")
+    reads = ("ec2:DescribeInstances", "ec2:DescribeSecurityGroups")
+    iam_resource = "arn:aws:ec2:{region}:{account}:instance/*"
+    iam_resources = {"ec2:TerminateInstances": "arn:aws:ec2:{region}:{account}:instance/*",
+                     "ec2:DeleteSecurityGroup": "arn:aws:ec2:{region}:{account}:security-group/*"}
+    group_wait_seconds = 600
+    """How long the group may stay in use (network interfaces of terminated instances linger) before giving up."""
+
+    def _look(self, aws: Aws, region: str, cluster_id: str, params: Mapping[str, Any]) -> _ClusterView:
+        ec2 = aws.client("ec2", region)
+        managed, protect = _pair(params["managed_tag"]), _pair(params["protect_tag"])
+        registered = list(dict.fromkeys(params.get("instance_ids") or ()))
+        filters = [[{"Name": "instance-id", "Values": registered[i:i + _CHUNK]}]
+                   for i in range(0, len(registered), _CHUNK)]
+        filters.append([{"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster_id]}])  # launched for it, not registered
+        instances: dict[str, dict] = {}
+        for chunk in filters:
+            for page in ec2.get_paginator("describe_instances").paginate(Filters=chunk):
+                for reservation in page["Reservations"]:
+                    for instance in reservation["Instances"]:
+                        instances[instance["InstanceId"]] = instance
+        ours: dict[str, str] = {}
+        foreign: dict[str, str] = {}
+        protected = []
+        for instance_id, instance in instances.items():
+            tags, state = freeze_tags(instance.get("Tags")), instance["State"]["Name"]
+            if _has(tags, managed) and tags.get(CLUSTER_TAG) == cluster_id:
+                ours[instance_id] = state
+            else:
+                foreign[instance_id] = state
+            if state != "terminated" and _has(tags, protect):
+                protected.append(instance_id)
+        group, group_ours = None, False
+        if params.get("security_group_id"):
+            found = ec2.describe_security_groups(
+                Filters=[{"Name": "group-id", "Values": [params["security_group_id"]]}])["SecurityGroups"]
+            group = found[0] if found else None
+        if group is not None:
+            tags = freeze_tags(group.get("Tags"))
+            group_ours = _has(tags, managed) and tags.get(CLUSTER_TAG) == cluster_id
+            if _has(tags, protect):
+                protected.append(group["GroupId"])
+        return _ClusterView(ours=ours, foreign=foreign, protected=sorted(protected), group=group,
+                            group_ours=group_ours)
+
+    def observe(self, aws, region, resource_id, params) -> Observed:
+        view = self._look(aws, region, resource_id, params)
+        managed, protect = _pair(params["managed_tag"]), _pair(params["protect_tag"])
+        live, going = view.ids(_LIVE), view.ids(("shutting-down",))
+        state = (f"{len(live)} live, {len(going)} shutting down, {len(view.ids(('terminated',)))} terminated"
+                 + (f"; security group {view.group['GroupId']}" if view.group is not None else ""))
+        tags: dict[str, str] = {}
+        if view.ours or view.group_ours:
+            tags.update({managed[0]: managed[1], CLUSTER_TAG: resource_id})
+        if view.protected:
+            tags[protect[0]] = protect[1]
+        if not view.ours and not view.group_ours and view.ids(_LIVE, "foreign"):
+            # nothing here was launched for this cluster: the scope gate holds it back (no managed tag)
+            return Observed(exists=True, tags=freeze_tags(tags), state=state)
+        goal = not live and not going and not (view.group is not None and view.group_ours)
+        return Observed(exists=bool(view.ours or view.foreign or view.group), tags=freeze_tags(tags), state=state,
+                        goal_reached=goal)
+
+    def execute(self, aws, region, resource_id, params, detail, started_at, now) -> Outcome:
+        ec2 = aws.client("ec2", region)
+        view = self._look(aws, region, resource_id, params)
+        progress: dict[str, Any] = {}
+        live = view.ids(_LIVE)
+        if live:
+            with aws.mutating("ec2:TerminateInstances"):
+                for i in range(0, len(live), 1000):
+                    ec2.terminate_instances(InstanceIds=live[i:i + 1000])
+            progress["terminated"] = sorted(set(detail.get("terminated", [])) | set(live))
+            view = self._look(aws, region, resource_id, params)
+        left_alone = view.ids(_LIVE + ("shutting-down",), "foreign")
+        if left_alone:
+            progress["left_alone"] = left_alone
+        waiting = view.ids(_LIVE + ("shutting-down",))
+        if waiting:
+            return Outcome("in-progress", progress | {"waiting_for": waiting})
+        if view.group is not None and not view.group_ours:
+            progress["security_group_kept"] = (f"{view.group['GroupId']}: not tagged {params['managed_tag']} and "
+                                               f"{CLUSTER_TAG}={resource_id}")
+        elif view.group is not None:
+            group_id = view.group["GroupId"]
+            try:
+                with aws.mutating("ec2:DeleteSecurityGroup"):
+                    ec2.delete_security_group(GroupId=group_id)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                if code == "DependencyViolation":
+                    if (now - started_at).total_seconds() < self.group_wait_seconds:
+                        return Outcome("in-progress", progress | {"security_group_in_use": group_id})
+                    return Outcome("failed", progress, f"security group {group_id} still in use "
+                                                       f"{self.group_wait_seconds}s after its instances were "
+                                                       "terminated; the instances are gone, delete the group by hand")
+                if not _not_found(exc):
+                    raise
+            progress["security_group_deleted"] = group_id
+        return Outcome("done", progress)
+
+
 EXECUTORS: dict[str, Executor] = {executor.name: executor for executor in (
     Stop(), Terminate(), SnapshotThenDelete(), Release(), SetRetention(), DeleteSnapshot())}
-"""Every action but ``notify``, by name."""
+"""The actions a rule can be configured to take (every one but ``notify``), by name."""
+TERMINATE_CLUSTER = TerminateCluster()
+UP_FRONT: dict[str, Executor] = {TERMINATE_CLUSTER.name: TERMINATE_CLUSTER}
+"""Actions the user asked for at launch (keepalive expiry of a registered cluster): not a rule's choice, and due
+in every mode unless ``enforce_keepalive`` is off."""
+ALL_EXECUTORS: dict[str, Executor] = EXECUTORS | UP_FRONT

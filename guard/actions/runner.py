@@ -14,10 +14,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from guard.actions.executors import EXECUTORS, Observed
+from guard.actions.executors import ALL_EXECUTORS, UP_FRONT, Observed
 from guard.actions.gates import (
     EXECUTE,
     PLAN,
+    SKIPPED_ACCOUNT,
     SKIPPED_BREAKER,
     SKIPPED_PROTECTED,
     SKIPPED_UNMANAGED,
@@ -222,10 +223,46 @@ class Actuator:
     def _resume(self, account_id: str, region: str, now: datetime, report: ActionReport) -> None:
         """Finish intents a crash (or a pending snapshot) left without outcome, by looking at the resource first."""
         for row in self.audit.in_status(UNFINISHED, account_id, region):
-            self._carry_out(row, now, report, resumed=True)
+            if row.action not in UP_FRONT:  # carried on by their own job (act_up_front), every few seconds
+                self._carry_out(row, now, report, resumed=True)
+
+    def act_up_front(self, intents: list[Intent], action: str, now: datetime) -> ActionReport:
+        """Actions the user asked for up front (a registered cluster's keepalive expiry): due at once, in every mode.
+
+        No mode, grace, age or cap gate — the owner chose the keepalive at launch — but the rest is as for any
+        action: the account/region allow-lists when set, the row committed as ``pending`` before the first AWS call,
+        the fresh look at the resource (protection tag, managed tag) and the outcome after. Unfinished rows of
+        ``action`` (a crash, or an action waiting for instances to terminate) are carried on first.
+        """
+        report = ActionReport()
+        with self._lock:
+            for row in self.audit.in_status(UNFINISHED):
+                if row.action == action:
+                    self._carry_out(row, now, report, resumed=True)
+            for intent in intents:
+                blocked = self._not_allowed(intent)
+                row = self.audit.record(intent, SKIPPED if blocked else PENDING, self.policy.mode, now,
+                                        approved_by=f"sdk:{intent.owner}")
+                if row is None:
+                    continue  # recorded already (another process, or before a crash): carried on above
+                if blocked:
+                    self.audit.set_fields(row.id, finished_at=now, error=blocked)
+                    report.results.append((intent.rule, intent.action, SKIPPED_ACCOUNT))
+                    continue
+                self._carry_out(row, now, report)
+        return report
+
+    def _not_allowed(self, intent: Intent) -> str | None:
+        """Why the allow-lists forbid changing this account or region (only when they are set); None if they don't."""
+        accounts, regions = self.settings.allowed_accounts, self.settings.allowed_regions
+        if accounts and intent.account_id not in accounts:
+            return f"account {intent.account_id} is not in allowed_accounts"
+        if regions is not None and intent.region not in regions:
+            return f"region {intent.region} is not in allowed_regions"
+        return None
 
     def _carry_out(self, row: ActionRow, now: datetime, report: ActionReport, resumed: bool = False) -> None:
-        executor = EXECUTORS[row.action]
+        executor = ALL_EXECUTORS[row.action]
         try:
             observed = executor.observe(self.aws, row.region, row.resource_id, row.params)
         except Exception as exc:  # cannot see the resource: leave the intent for the next cycle
@@ -238,7 +275,11 @@ class Actuator:
             self._finish(row, status, now, report, result=result, error=reason,
                          detail={"state": observed.state, "called": False, "resumed": resumed})
             return
-        if self.policy.mode == "observe":  # an intent left by a crash, and the daemon restarted in observe mode
+        if row.action in UP_FRONT and not self.settings.enforce_keepalive:
+            self._finish(row, SKIPPED, now, report, result="skipped-off",
+                         error="not carried out: keepalive enforcement is off (enforce_keepalive = false)")
+            return
+        if self.policy.mode == "observe" and row.action not in UP_FRONT:  # left by a crash, restarted in observe mode
             self._finish(row, SKIPPED, now, report, result="skipped-observe",
                          error="not carried out: the daemon now runs in observe mode")
             return
@@ -265,7 +306,7 @@ class Actuator:
             return SKIPPED, observed.blocker, "skipped-changed"
         if self.policy.has_tag(observed.tags, self.policy.protect_tag):
             return SKIPPED, "protected by its tag", SKIPPED_PROTECTED
-        if (EXECUTORS[row.action].destructive and not self._config(row.rule).act_on_unmanaged
+        if (ALL_EXECUTORS[row.action].destructive and not self._config(row.rule).act_on_unmanaged
                 and not self.policy.has_tag(observed.tags, self.policy.managed_tag)):
             return SKIPPED, "not launched by the SDK (no managed tag) and the rule does not opt in", SKIPPED_UNMANAGED
         return None

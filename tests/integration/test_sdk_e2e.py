@@ -1,0 +1,179 @@
+"""The SDK end to end in the sandbox: a decorated function runs on a launched cluster; the daemon (a real `guard run`
+process) sees it, and ends it when the client dies; without a daemon the VMs' own dead-man switch ends it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+import sdk
+from guard.sandbox import SandboxServer, VmRunner, sandbox_client
+
+ADMIN_TOKEN = "admin-token-0123456789"
+OWNER_TOKEN = "tester-token-0123456789"
+REGION = "us-east-1"
+VM_TYPE = "m5.large"
+
+
+def wait_for(predicate, timeout: float, what: str, poll: float = 0.25):
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture
+def runner(sandbox: SandboxServer, tmp_path: Path) -> Iterator[VmRunner]:
+    sandbox.reset()
+    with VmRunner(sandbox.endpoint_url, log_dir=tmp_path / "vms") as vms:
+        yield vms
+
+
+@pytest.fixture
+def daemon(runner: VmRunner, sandbox: SandboxServer, tmp_path: Path, free_port: int) -> Iterator[str]:
+    """`guard run` in observe mode (keepalive expiry is on by default), checking clusters every second."""
+    env = os.environ | sandbox.env | {
+        "GUARD_REGIONS": REGION, "GUARD_DATABASE_URL": f"sqlite:///{tmp_path / 'guard.db'}",
+        "GUARD_LISTEN": f"127.0.0.1:{free_port}", "GUARD_API_TOKEN": ADMIN_TOKEN,
+        "GUARD_API_TOKENS": f"tester={OWNER_TOKEN}", "GUARD_SCAN_INTERVAL": "60s",
+        "GUARD_KEEPALIVE_CHECK_INTERVAL": "1s",
+    }
+    env.pop("GUARD_CONFIG", None)
+    log = tmp_path / "guard.log"
+    with log.open("w") as out:
+        process = subprocess.Popen([sys.executable, "-m", "guard", "run"], env=env, stdout=out, stderr=out,
+                                   cwd=tmp_path)
+    url = f"http://127.0.0.1:{free_port}"
+    try:
+        wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, 30, "the daemon's /healthz")
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+        output = log.read_text()
+        assert code == 0 and "Traceback" not in output, output
+
+
+@pytest.fixture
+def sdk_env(sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = sandbox.env | {"VMGUARD_OWNER": "tester", "VMGUARD_MAX_HOURLY_USD": "50"}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+def clusters(url: str, token: str = ADMIN_TOKEN) -> dict[str, dict]:
+    response = httpx.get(f"{url}/v1/clusters", headers={"Authorization": f"Bearer {token}"})
+    response.raise_for_status()
+    return {cluster["cluster_id"]: cluster for cluster in response.json()}
+
+
+def instance_states(ids: list[str]) -> set[str]:
+    ec2 = sandbox_client(os.environ["AWS_ENDPOINT_URL"], "ec2", REGION)
+    reservations = ec2.describe_instances(InstanceIds=ids)["Reservations"]
+    return {instance["State"]["Name"] for r in reservations for instance in r["Instances"]}
+
+
+def security_group_exists(group_id: str) -> bool:
+    ec2 = sandbox_client(os.environ["AWS_ENDPOINT_URL"], "ec2", REGION)
+    return any(g["GroupId"] == group_id for g in ec2.describe_security_groups()["SecurityGroups"])
+
+
+def test_a_decorated_function_maps_on_its_cluster_and_the_daemon_sees_it(
+        daemon: str, runner: VmRunner, sdk_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMGUARD_DAEMON_URL", daemon)
+    monkeypatch.setenv("VMGUARD_TOKEN", OWNER_TOKEN)
+
+    def square(x: int) -> int:
+        return x * x
+
+    remote = sdk.function(vm_type=VM_TYPE, region=REGION, n_workers=4, keepalive="2 minutes")(square)
+    assert list(remote.map(range(100))) == [x * x for x in range(100)]
+    cluster = remote.cluster
+    assert remote(7) == 49 and remote.submit(3).result() == 9
+    assert remote.cluster is cluster, "a second call reuses the running cluster"
+
+    ids = [cluster.launched.scheduler["InstanceId"], *(w["InstanceId"] for w in cluster.launched.workers)]
+    assert len(ids) == 5 and instance_states(ids) == {"running"}
+    assert {p.role for p in runner.processes().values() if p.alive} >= {"scheduler", "worker"}
+    seen = clusters(daemon, OWNER_TOKEN)[cluster.cluster_id]
+    assert seen["state"] == "running" and sorted(seen["instance_ids"]) == sorted(ids)
+    assert seen["owner"] == "tester" and seen["hourly_usd"] > 0
+    metrics = httpx.get(f"{daemon}/metrics").text
+    assert 'guard_clusters{state="running"} 1.0' in metrics
+    assert f'cluster="{cluster.cluster_id}"' in metrics
+
+    cluster.close()
+    assert instance_states(ids) <= {"shutting-down", "terminated"}
+    assert not security_group_exists(cluster.launched.security_group_id)
+    wait_for(lambda: clusters(daemon)[cluster.cluster_id]["state"] == "closed", 10, "the daemon to see it closed")
+
+
+CLIENT = textwrap.dedent("""
+    import sys, time
+    import sdk
+    cluster = sdk.Cluster(vm_type=sys.argv[1], region=sys.argv[2], n_workers=1, keepalive="15s")
+    cluster.get_client().submit(sum, [1, 2]).result()
+    print(cluster.cluster_id, cluster.launched.security_group_id,
+          " ".join([cluster.launched.scheduler["InstanceId"], *(w["InstanceId"] for w in cluster.launched.workers)]),
+          flush=True)
+    time.sleep(600)
+""")
+
+
+def launch_and_kill(tmp_path: Path, env: dict[str, str]) -> tuple[str, str, list[str], float]:
+    """A client process launches a cluster, then dies by SIGKILL: (cluster id, security group, instances, when)."""
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    process = subprocess.Popen([sys.executable, str(script), VM_TYPE, REGION], env=os.environ | env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert line, process.stderr.read()
+        cluster_id, group_id, *ids = line.split()
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+        return cluster_id, group_id, ids, time.monotonic()
+    finally:
+        process.kill()
+
+
+def test_a_client_killed_by_sigkill_has_its_cluster_ended_by_the_daemon(
+        daemon: str, runner: VmRunner, sdk_env: dict[str, str], tmp_path: Path) -> None:
+    env = sdk_env | {"VMGUARD_DAEMON_URL": daemon, "VMGUARD_TOKEN": OWNER_TOKEN}
+    cluster_id, group_id, ids, killed = launch_and_kill(tmp_path, env)
+    assert clusters(daemon)[cluster_id]["state"] == "running"
+
+    wait_for(lambda: instance_states(ids) <= {"terminated"}, 15 + 60, "the cluster's instances to be terminated")
+    wait_for(lambda: not security_group_exists(group_id), 30, "the cluster's security group to be deleted")
+    assert time.monotonic() - killed <= 15 + 60
+    wait_for(lambda: not any(p.alive for p in runner.processes().values()), 15, "the VM processes to end")
+    assert clusters(daemon)[cluster_id]["state"] in ("expired", "terminating", "terminated")
+    wait_for(lambda: clusters(daemon)[cluster_id]["state"] == "terminated", 30, "the cluster to be terminated")
+    actions = httpx.get(f"{daemon}/v1/actions", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json()
+    ended = [a for a in actions if a["action"] == "terminate-cluster" and a["resource_id"] == cluster_id]
+    assert [a["status"] for a in ended] == ["done"], actions
+
+
+def test_without_a_daemon_the_vms_dead_man_switch_ends_the_cluster(
+        runner: VmRunner, sdk_env: dict[str, str], tmp_path: Path) -> None:
+    cluster_id, _group_id, ids, killed = launch_and_kill(tmp_path, sdk_env)
+    wait_for(lambda: instance_states(ids) <= {"terminated"}, 15 + 45, "the dead-man switch to end the cluster")
+    assert time.monotonic() - killed >= 10, "the cluster ended before its keepalive ran out"
+    assert not any(p.alive for p in runner.processes().values())

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import math
+import secrets
+import shlex
 import sys
 import tempfile
 import time
@@ -24,6 +27,9 @@ from guard.render import findings_json, print_findings
 from guard.rule import Registry, discover_rules, rule_doc, thresholds_doc
 from guard.settings import ConfigError, Settings, load_settings
 from guard.store import Store, StoreError, scope_of
+
+SDK_ENV_FILE = ".vmguard-sandbox.env"
+"""Where `guard demo` writes the environment that points the SDK at its sandbox (removed when it stops)."""
 
 app = typer.Typer(help="vmguard: find and price the waste in an AWS account.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False, add_completion=False)
@@ -98,10 +104,16 @@ def demo(
     once: bool = typer.Option(False, "--once", help="scan once, print the findings and exit"),
     listen: str = typer.Option(None, help="host:port for /metrics and the API (default from settings)"),
     output: Format = typer.Option(Format.table, "--format", help="findings as a table or JSON"),
+    sdk_env: Path = typer.Option(Path(SDK_ENV_FILE), "--sdk-env", help=(
+        "where to write the environment that points the SDK at this sandbox and its daemon (`source` it)")),
 ) -> None:
-    """Seed an emulated team account full of waste, run the daemon on it, and show what it finds."""
+    """Seed an emulated team account full of waste, run the daemon on it, and show what it finds.
+
+    Until Ctrl-C, the SDK can launch clusters in the sandbox: each VM is a local process on its own loopback
+    address, guarded by this daemon. `source` the file named by --sdk-env in another shell to use it.
+    """
     try:
-        from guard.sandbox import LiveMetrics, SandboxServer, seed_team_account
+        from guard.sandbox import LiveMetrics, SandboxServer, VmRunner, seed_team_account
     except ModuleNotFoundError as exc:
         raise _fail(f"guard demo needs the emulator ({exc.name}): pip install 'vmguard[sandbox]'") from None
 
@@ -114,8 +126,9 @@ def demo(
         truth = seed_team_account(server.endpoint_url)
     regions = sorted(truth.regions)
     workdir = Path(tempfile.mkdtemp(prefix="vmguard-demo-"))
+    owner_token = secrets.token_urlsafe(24)
     overrides: dict[str, Any] = {"regions": regions, "database_url": f"sqlite:///{workdir / 'guard.db'}",
-                                 "mode": "observe"}
+                                 "mode": "observe", "api_tokens": {getpass.getuser(): owner_token}}
     if listen:
         overrides["listen"] = listen
     settings = _settings(registry, **overrides)
@@ -137,13 +150,29 @@ def demo(
         live = LiveMetrics(server.endpoint_url, truth).start()
         _scan_all(daemon.scanner, regions)
         _show_demo_result(daemon.store, regions, truth, output)
+        vms = VmRunner(server.endpoint_url, log_dir=workdir / "vms").start()
+        _write_sdk_env(sdk_env, server.env | {"VMGUARD_DAEMON_URL": f"http://{settings.listen}",
+                                              "VMGUARD_TOKEN": owner_token, "VMGUARD_OWNER": getpass.getuser()})
         err.print(f"\nserving http://{settings.listen}/metrics and /v1/findings (token: {daemon.api_token}); "
-                  f"rescanning every {int(settings.scan_interval.total_seconds())}s — Ctrl-C stops")
+                  f"rescanning every {int(settings.scan_interval.total_seconds())}s — Ctrl-C stops\n"
+                  f"SDK: `source {sdk_env}` in another shell, then launch clusters here (VM logs: {workdir / 'vms'})",
+                  highlight=False, soft_wrap=True)
         daemon.start_scheduler(first_scan_now=False)
-        daemon.serve()
-        live.stop()
+        try:
+            daemon.serve()
+        finally:
+            vms.stop()
+            live.stop()
+            sdk_env.unlink(missing_ok=True)
     finally:
         server.stop()
+
+
+def _write_sdk_env(path: Path, values: dict[str, str]) -> None:
+    """A shell file of ``export NAME='value'`` lines, readable only by this user (it holds the API token)."""
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text("".join(f"export {name}={shlex.quote(value)}\n" for name, value in sorted(values.items())))
 
 
 def _show_demo_result(store: Store, regions: list[str], truth: Any, output: Format) -> int:

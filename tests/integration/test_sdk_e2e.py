@@ -177,3 +177,20 @@ def test_without_a_daemon_the_vms_dead_man_switch_ends_the_cluster(
     wait_for(lambda: instance_states(ids) <= {"terminated"}, 15 + 45, "the dead-man switch to end the cluster")
     assert time.monotonic() - killed >= 10, "the cluster ended before its keepalive ran out"
     assert not any(p.alive for p in runner.processes().values())
+
+
+def test_the_readme_quick_start_runs_as_printed(daemon: str, runner: VmRunner, sdk_env: dict[str, str],
+                                                tmp_path: Path) -> None:
+    """The README's SDK block, run by bash where `guard demo` would have written .vmguard-sandbox.env."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("<!-- sdk-quickstart:begin -->")[1].split("<!-- sdk-quickstart:end -->")[0]
+    script = block.strip().removeprefix("```sh").removesuffix("```")
+    values = sdk_env | {"VMGUARD_DAEMON_URL": daemon, "VMGUARD_TOKEN": OWNER_TOKEN}
+    (tmp_path / ".vmguard-sandbox.env").write_text("".join(f"export {k}='{v}'\n" for k, v in values.items()))
+    (tmp_path / ".venv").symlink_to(Path(sys.executable).parents[1])
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "VMGUARD_"))}
+    result = subprocess.run(["bash", "-e", "-c", script], cwd=tmp_path, env=environment, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["49", "328350"], result.stdout + result.stderr
+    assert "about $" in result.stderr and "shut down" in result.stderr

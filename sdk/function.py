@@ -59,10 +59,9 @@ class Function(Generic[P, R]):
         return self.client.submit(self.fn, *args, pure=False, **kwargs)
 
     def map(self, *iterables: Iterable[Any], **kwargs: Any) -> Iterator[R]:
-        """Run over every input (in parallel on the workers); yields the results in input order."""
+        """Submit every input now (in parallel on the workers); iterate for the results, in input order."""
         futures = self.client.map(self.fn, *iterables, pure=False, **kwargs)
-        for future in futures:
-            yield future.result()
+        return (future.result() for future in futures)
 
 
 def function(fn: Callable[P, R] | None = None, **cluster_kwargs: Any):

@@ -14,6 +14,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -68,17 +69,19 @@ class Cluster:
         endpoint = self._ec2.meta.endpoint_url
         self.launched: Launched = self._launch(client_cidrs(self.spec.allow_ingress_from, endpoint))
         atexit.register(self.close)
-        try:
+        self._daemon: DaemonClient | None = None
+        self._beat: threading.Thread | None = None
+        try:  # from here on, anything that goes wrong (Ctrl-C included) tears the cluster down
             self.scheduler_address = self._wait_for_scheduler()
+            self._daemon = DaemonClient.from_env(self.spec.daemon_url, self.spec.token)
+            if self._daemon is not None:
+                self._daemon.register(self._registration())
+            self._beat = threading.Thread(target=self._heartbeat, name=f"vmguard-heartbeat-{self.cluster_id}",
+                                          daemon=True)
+            self._beat.start()
         except BaseException:
             self.close()
             raise
-        self._daemon = DaemonClient.from_env(self.spec.daemon_url, self.spec.token)
-        if self._daemon is not None:
-            self._daemon.register(self._registration())
-        self._beat = threading.Thread(target=self._heartbeat, name=f"vmguard-heartbeat-{self.cluster_id}",
-                                      daemon=True)
-        self._beat.start()
 
     # -- launch ---------------------------------------------------------------------------------------------------
 
@@ -107,7 +110,10 @@ class Cluster:
         last_error = "no address yet"
         with self.console.status(f"waiting for the scheduler of {self.cluster_id} to boot…"):
             while time.monotonic() < deadline:
-                host = self._refresh_scheduler_ip()
+                try:
+                    host = self._refresh_scheduler_ip()
+                except (ClientError, BotoCoreError, IndexError, KeyError) as exc:  # not visible yet, or a blip
+                    last_error, host = f"{type(exc).__name__}: {exc}", None
                 if host and _port_open(host, SCHEDULER_PORT):
                     address = f"tcp://{host}:{SCHEDULER_PORT}"
                     try:
@@ -134,7 +140,7 @@ class Cluster:
 
     @property
     def alive(self) -> bool:
-        return not self._closed and self._client is not None and self._client.status == "running"
+        return not self._closed and self._client is not None and self._client.status in ("running", "connecting")
 
     def __enter__(self) -> Cluster:
         return self
@@ -165,15 +171,15 @@ class Cluster:
         """Tell the daemon (if any) this cluster is wanted, and what it is doing, until it closes."""
         interval = min(max(self.spec.keepalive.total_seconds() / 4, 5.0), 60.0)
         while not self._stop_beating.wait(interval):
-            if self._daemon is None:
-                continue
+            if self._daemon is None or self._client is None or self._client.status not in ("running", "connecting"):
+                continue  # a client that lost its cluster must not keep it alive in the daemon's eyes
             try:
                 processing = self._client.processing()
                 beat = Heartbeat(tasks_processing=sum(len(tasks) for tasks in processing.values()),
                                  workers=len(processing))
-            except Exception:  # the scheduler is busy or going away: still alive as far as the laptop knows
-                beat = Heartbeat()
-            self._daemon.heartbeat(self.cluster_id, beat)
+                self._daemon.heartbeat(self.cluster_id, beat)
+            except Exception:  # a missed beat is retried at the next one; the thread must not die
+                log.debug("heartbeat of %s failed", self.cluster_id, exc_info=True)
 
     def close(self) -> None:
         """Disconnect, terminate every instance, delete the security group, tell the daemon. Safe to call twice."""
@@ -182,6 +188,8 @@ class Cluster:
                 return
             self._closed = True
         self._stop_beating.set()
+        if getattr(self, "_beat", None) is not None:
+            self._beat.join(timeout=10)
         if self._client is not None:
             try:
                 self._client.close(timeout=5)

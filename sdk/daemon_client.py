@@ -81,7 +81,8 @@ class DaemonClient:
 
 def _detail(response: httpx.Response) -> str:
     try:
-        detail = response.json().get("detail")
+        body = response.json()
     except ValueError:
         return ""
+    detail = body.get("detail") if isinstance(body, dict) else None
     return detail if isinstance(detail, str) else ""

@@ -28,6 +28,8 @@ def _cluster_for(spec: ClusterSpec, kwargs: dict[str, Any]) -> Cluster:
     key = spec.model_dump_json()
     with _clusters_lock:
         cluster = _clusters.get(key)
+        if cluster is not None and not cluster.alive:
+            cluster.close()  # never leave a broken cluster billing next to its replacement
         if cluster is None or not cluster.alive:
             cluster = Cluster(**kwargs)
             _clusters[key] = cluster
@@ -56,7 +58,8 @@ class Function(Generic[P, R]):
 
     def submit(self, *args: P.args, **kwargs: P.kwargs):
         """Run once on the cluster; returns a ``distributed.Future``."""
-        return self.client.submit(self.fn, *args, pure=False, **kwargs)
+        # the function's own keyword arguments must not be taken for Dask's (key=, workers=, retries=, …)
+        return self.client.submit(functools.partial(self.fn, *args, **kwargs), pure=False)
 
     def map(self, *iterables: Iterable[Any], **kwargs: Any) -> Iterator[R]:
         """Submit every input now (in parallel on the workers); iterate for the results, in input order."""

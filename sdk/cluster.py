@@ -57,6 +57,7 @@ class Cluster:
         self._ec2 = boto3.client("ec2", region_name=self.spec.region, config=_AWS_CONFIG)
         self._client = None
         self._closed = False
+        self._torn_down = False
         self._lock = threading.Lock()
         self._stop_beating = threading.Event()
 
@@ -184,9 +185,9 @@ class Cluster:
     def close(self) -> None:
         """Disconnect, terminate every instance, delete the security group, tell the daemon. Safe to call twice."""
         with self._lock:
-            if self._closed:
+            if self._torn_down:
                 return
-            self._closed = True
+            self._closed = True  # no new work from here on, even if the teardown below has to be retried
         self._stop_beating.set()
         if getattr(self, "_beat", None) is not None:
             self._beat.join(timeout=10)
@@ -195,8 +196,13 @@ class Cluster:
                 self._client.close(timeout=5)
             except Exception:
                 log.debug("closing the Dask client of %s failed", self.cluster_id, exc_info=True)
-        with self.console.status(f"shutting down {self.cluster_id}…"):
-            teardown(self._ec2, self.launched)
+        try:
+            with self.console.status(f"shutting down {self.cluster_id}…"):
+                teardown(self._ec2, self.launched)
+        except (ClientError, BotoCoreError) as exc:  # the daemon keeps watching it: its registration stays
+            raise SdkError(f"could not finish shutting down {self.cluster_id} ({type(exc).__name__}: {exc}); call "
+                           f"close() again, or look for resources tagged vmguard:cluster={self.cluster_id}") from None
+        self._torn_down = True
         daemon = getattr(self, "_daemon", None)
         if daemon is not None:
             daemon.closed(self.cluster_id)

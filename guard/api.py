@@ -92,23 +92,35 @@ class ClusterRegistration(wire.ClusterRegistration):
 class Heartbeat(wire.Heartbeat):
     """``guard.wire.Heartbeat`` with the bounds the daemon can store."""
 
-    @field_validator("tasks_processing", "workers")
+    @field_validator("tasks_processing", "tasks_completed", "workers")
     @classmethod
     def _bounded_count(cls, value: int) -> int:
         if value > 10**9:
             raise ValueError("expected at most 1000000000")
         return value
 
-    @field_validator("s3_requests", "log_bytes_by_level")
+    @field_validator("s3_requests")
     @classmethod
-    def _bounded_counts(cls, value: dict[str, int] | None) -> dict[str, int] | None:
-        if value is None:
-            return None
-        if len(value) > MAX_ITEMS or any(len(k) > 256 for k in value):
-            raise ValueError(f"expected at most {MAX_ITEMS} entries with names of at most 256 characters")
-        if any(not 0 <= count <= 2**62 for count in value.values()):
-            raise ValueError("expected counts between 0 and 2**62")
+    def _bounded_requests(cls, value: dict[str, dict[str, int]] | None) -> dict[str, dict[str, int]] | None:
+        if value is not None:
+            _check_counts(value)
+            for operations in value.values():
+                _check_counts(operations)
         return value
+
+    @field_validator("log_bytes_by_level")
+    @classmethod
+    def _bounded_bytes(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is not None:
+            _check_counts(value)
+        return value
+
+
+def _check_counts(value: dict) -> None:
+    if len(value) > MAX_ITEMS or any(len(k) > 256 for k in value):
+        raise ValueError(f"expected at most {MAX_ITEMS} entries with names of at most 256 characters")
+    if any(isinstance(count, int) and count > 2**62 for count in value.values()):
+        raise ValueError("expected counts of at most 2**62")
 
 
 class FindingOut(BaseModel):

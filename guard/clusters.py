@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Float, Integer, String, Text, func, select, update
+from sqlalchemy import JSON, Float, Integer, String, Text, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -25,6 +25,7 @@ from guard.actions.runner import ActionReport, Actuator
 from guard.audit import CANCELLED, DONE, FAILED, IN_PROGRESS, PENDING, SKIPPED, Intent, idempotency_key
 from guard.aws import Aws, describe_aws_error
 from guard.durations import format_duration
+from guard.model import ClusterUsage, UsageReport, freeze_tags
 from guard.store import Base, Store, UTCDateTime
 from guard.wire import ClusterRegistration, Heartbeat
 
@@ -39,7 +40,9 @@ STATES = (RUNNING, CLOSED, EXPIRED, TERMINATING, TERMINATED)
 KEEPALIVE_RULE = "keepalive"
 """The audit trail's ``rule`` of the actions keepalive enforcement takes."""
 RESERVED_FIELDS = ("s3_requests", "log_bytes_by_level")
-"""Heartbeat fields kept (latest value, with when it came) for the rules that read them."""
+"""Heartbeat fields kept for the rules that read them: every report for ``USAGE_RETENTION``, the latest on the row."""
+USAGE_RETENTION = timedelta(days=1)
+"""How long heartbeats' usage reports are kept: the longest window a rule may judge them over."""
 
 
 class ClusterRow(Base):
@@ -64,7 +67,8 @@ class ClusterRow(Base):
     registered_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_heartbeat: Mapped[datetime] = mapped_column(UTCDateTime)
     last_activity: Mapped[datetime] = mapped_column(UTCDateTime)
-    """The last heartbeat with tasks processing (the registration until then): the idle timeout counts from it."""
+    """The last heartbeat with tasks processing or completed (the registration until then): the idle timeout counts
+    from it."""
     heartbeats: Mapped[int] = mapped_column(Integer, default=0)
     tasks_processing: Mapped[int] = mapped_column(Integer, default=0)
     workers: Mapped[int] = mapped_column(Integer, default=0)
@@ -107,8 +111,20 @@ class ClusterRow(Base):
             "hourly_usd": self.hourly_usd, "tags": dict(self.tags or {}), "account_id": self.account_id,
             "state": self.state, "registered_at": self.registered_at.isoformat(),
             "last_heartbeat": self.last_heartbeat.isoformat(), "last_activity": self.last_activity.isoformat(),
-            "expires_at": self.deadline()[0].isoformat(), "reason": self.reason,
+            "expires_at": self.deadline()[0].isoformat(), "reason": self.reason, "usage": dict(self.usage or {}),
         }
+
+
+class UsageRow(Base):
+    """One heartbeat's usage report (only heartbeats that carried one): what the cluster did since the last beat."""
+
+    __tablename__ = "cluster_usage"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    cluster_id: Mapped[str] = mapped_column(String(64), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    s3_requests: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    log_bytes_by_level: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 def _ago(now: datetime, then: datetime) -> str:
@@ -120,7 +136,7 @@ class ClusterRegistry:
 
     def __init__(self, store: Store):
         self.store = store
-        Base.metadata.create_all(store.engine, tables=[ClusterRow.__table__])
+        Base.metadata.create_all(store.engine, tables=[ClusterRow.__table__, UsageRow.__table__])
 
     def register(self, registration: ClusterRegistration, registered_by: str, now: datetime) -> ClusterRow | None:
         """Commit a new running cluster; None when one with this id exists already."""
@@ -174,13 +190,35 @@ class ClusterRegistry:
             fields: dict[str, Any] = {"last_heartbeat": now, "heartbeats": ClusterRow.heartbeats + 1,
                                       "tasks_processing": beat.tasks_processing, "workers": beat.workers,
                                       "usage": usage}
-            if beat.tasks_processing > 0:
+            if beat.tasks_processing > 0 or beat.tasks_completed > 0:
                 fields["last_activity"] = now
             result = session.execute(update(ClusterRow).where(ClusterRow.cluster_id == cluster_id,
                                                               ClusterRow.state == RUNNING).values(**fields))
             if result.rowcount != 1:
                 return row, False
+            if beat.s3_requests is not None or beat.log_bytes_by_level is not None:
+                session.add(UsageRow(cluster_id=cluster_id, at=now, s3_requests=beat.s3_requests,
+                                     log_bytes_by_level=beat.log_bytes_by_level))
+                session.execute(delete(UsageRow).where(UsageRow.at < now - USAGE_RETENTION))
         return self.get(cluster_id), True
+
+    def usage(self, now: datetime) -> tuple[ClusterUsage, ...]:
+        """Every running cluster with its usage reports of the last ``USAGE_RETENTION``, oldest first."""
+        with self.store.session() as session:
+            rows = session.scalars(select(ClusterRow).where(ClusterRow.state == RUNNING)
+                                   .order_by(ClusterRow.cluster_id)).all()
+            reports: dict[str, list[UsageReport]] = {row.cluster_id: [] for row in rows}
+            query = (select(UsageRow).where(UsageRow.cluster_id.in_(list(reports)),
+                                            UsageRow.at >= now - USAGE_RETENTION)
+                     .order_by(UsageRow.at, UsageRow.id))
+            for usage in session.scalars(query):
+                reports[usage.cluster_id].append(UsageReport(
+                    at=usage.at, s3_requests=usage.s3_requests or {},
+                    log_bytes_by_level=usage.log_bytes_by_level or {}))
+            return tuple(ClusterUsage(cluster_id=row.cluster_id, owner=row.owner, region=row.region,
+                                      instance_ids=tuple(row.instance_ids), registered_at=row.registered_at,
+                                      reports=tuple(reports[row.cluster_id]), tags=freeze_tags(row.tags))
+                         for row in rows)
 
     def move(self, cluster_id: str, from_states: Iterable[str], state: str, now: datetime, **fields: Any) -> bool:
         """Move a cluster to ``state`` only if it is still in one of ``from_states``; False if it was not."""

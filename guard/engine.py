@@ -16,6 +16,7 @@ from types import MappingProxyType
 
 from guard.actions.runner import ActionReport, Actuator
 from guard.aws import Aws, describe_aws_error
+from guard.clusters import ClusterRegistry
 from guard.collectors import RESOURCE_COLLECTORS, collect_listings, collect_log_samples, collect_metrics
 from guard.model import (
     SNAPSHOT_PARTS,
@@ -96,6 +97,7 @@ class Scanner:
             registry.rules[rule_id](settings.rule_configs[rule_id]) for rule_id in settings.enabled_rules()
         ]
         self.actuator = Actuator(settings, self.rules, aws, store)
+        self.clusters = ClusterRegistry(store)
         protect_key, protect_value = settings.protect_tag_pair
         self.context = Context(prices=self.prices, owner_tag=settings.owner_tag,
                                protect_tag=protect_key, protect_value=protect_value)
@@ -154,8 +156,11 @@ class Scanner:
 
     def _snapshot(self, account_id: str, region: str, now: datetime, errors: list[dict[str, str]],
                   broken: dict[str, str], progress: Progress) -> Snapshot:
-        """Resources first, then what the rules derive from them: metric listings, series, log samples."""
-        needs = set().union(*(rule.needs for rule in self.rules)) if self.rules else set()
+        """Resources first, then what the rules derive from them: metric listings, series, log samples.
+
+        The registered clusters' usage comes from the daemon's own database (the SDK's heartbeats), not from AWS.
+        """
+        needs = set().union(*(rule.needs | rule.uses for rule in self.rules)) if self.rules else set()
         parts: dict[str, object] = {}
         failures: dict[str, str] = {}
 
@@ -186,6 +191,9 @@ class Scanner:
                     broken[rule.id] = f"{type(exc).__name__} while asking for {part}: {exc}"
             return asked
 
+        if "clusters" in needs:
+            progress(region, "reading registered clusters' usage")
+            fetch("clusters", lambda: self.clusters.usage(now))
         if "metric_listings" in needs:
             wanted = requests("metric_listings", lambda rule, _: rule.listings)
             progress(region, "listing available metrics")

@@ -10,6 +10,8 @@ from types import MappingProxyType
 from typing import Any
 
 Tags = Mapping[str, str]
+CLUSTER_TAG = "vmguard:cluster"
+"""Tag the SDK puts on every resource of a cluster it launched: the cluster id."""
 
 
 def freeze_tags(tags: Mapping[str, str] | list[dict[str, str]] | None) -> Tags:
@@ -145,6 +147,38 @@ class LogSample:
 
 
 @dataclass(frozen=True)
+class UsageReport:
+    """What one heartbeat of a registered cluster reported it did since the heartbeat before it."""
+
+    at: datetime
+    s3_requests: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    """Bucket → S3 operation class (GET, PUT, LIST, …) → requests."""
+    log_bytes_by_level: Mapping[str, int] = field(default_factory=dict)
+    """Log level (debug, info, …) → bytes logged."""
+
+
+@dataclass(frozen=True)
+class ClusterUsage:
+    """A running cluster the SDK registered, with the usage its heartbeats reported recently (oldest first)."""
+
+    cluster_id: str
+    owner: str
+    region: str
+    instance_ids: tuple[str, ...]
+    registered_at: datetime
+    reports: tuple[UsageReport, ...] = ()
+    tags: Tags = field(default_factory=lambda: freeze_tags(None))
+
+    def reported_since(self, start: datetime, end: datetime) -> tuple[tuple[UsageReport, ...], float]:
+        """The reports after ``start``, and the seconds they cover: from ``start`` (or the registration, if later)
+        to the last of them — 0 when there is none."""
+        reports = tuple(report for report in self.reports if start < report.at <= end)
+        if not reports:
+            return (), 0.0
+        return reports, max((reports[-1].at - max(start, self.registered_at)).total_seconds(), 0.0)
+
+
+@dataclass(frozen=True)
 class MetricQuery:
     """One CloudWatch series a rule wants: namespace/metric/dimensions, a statistic, a period and a window."""
 
@@ -190,6 +224,8 @@ class Snapshot:
     """(namespace, metric) → the dimension sets CloudWatch has recent data for (ListMetrics)."""
     metrics: Mapping[MetricQuery, Series] | None = None
     log_samples: Mapping[str, LogSample] | None = None
+    clusters: tuple[ClusterUsage, ...] | None = None
+    """Running clusters the SDK registered with the daemon (every region: S3 buckets are not regional to them)."""
     failures: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def known(self, part: str) -> bool:

@@ -99,6 +99,8 @@ class Rule:
     resource_type: ClassVar[str]
     needs: ClassVar[frozenset[str]]
     """Snapshot parts the rule reads; it is skipped for the cycle when one of them is unknown."""
+    uses: ClassVar[frozenset[str]] = frozenset()
+    """Snapshot parts the rule reads when they are known, and does without when they are not."""
     inputs: ClassVar[str]
     waste_formula: ClassVar[str]
     suggested_action: ClassVar[str]
@@ -168,7 +170,7 @@ def discover_rules() -> Registry:
         if cls.id != ep.name:
             errors[ep.name] = f"entry point name {ep.name!r} differs from the rule id {cls.id!r}"
             continue
-        unknown_parts = set(cls.needs) - SNAPSHOT_PARTS
+        unknown_parts = (set(cls.needs) | set(cls.uses)) - SNAPSHOT_PARTS
         if unknown_parts:
             errors[ep.name] = f"needs unknown snapshot parts {sorted(unknown_parts)}"
             continue

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 CLUSTER_ID_PATTERN = r"^vmg-[a-z0-9]{6,32}$"
 
@@ -40,10 +40,15 @@ class Heartbeat(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tasks_processing: int = Field(0, ge=0, description="tasks running or queued on the cluster now")
+    tasks_completed: int = Field(0, ge=0, description="tasks that finished since the last heartbeat (short tasks "
+                                 "between two beats count as activity too)")
     workers: int = Field(0, ge=0, description="workers connected to the scheduler")
-    s3_requests: dict[str, int] | None = Field(None, description="reserved: bucket → S3 requests since the last one")
-    log_bytes_by_level: dict[str, int] | None = Field(
-        None, description="reserved: log level → bytes logged since the last heartbeat")
+    s3_requests: dict[str, dict[str, NonNegativeInt]] | None = Field(
+        None, description="bucket → S3 operation class (GET, PUT, LIST, HEAD, …) → requests since the last heartbeat; "
+                          "read by the chatty-s3 rule", examples=[{"features": {"LIST": 1200, "GET": 40}}])
+    log_bytes_by_level: dict[str, NonNegativeInt] | None = Field(
+        None, description="log level (debug, info, …) → bytes logged since the last heartbeat; read by the "
+                          "debug-logging rule", examples=[{"debug": 52_000_000, "info": 800_000}])
 
 
 class ClusterOut(ClusterRegistration):
@@ -58,3 +63,5 @@ class ClusterOut(ClusterRegistration):
     last_activity: str
     expires_at: str = Field(description="when the keepalive (or idle timeout) runs out if nothing changes")
     reason: str | None = Field(None, description="why it expired or was terminated")
+    usage: dict[str, dict] = Field(default_factory=dict, description="the last reported s3_requests and "
+                                   "log_bytes_by_level: {field: {\"at\": time, \"value\": {...}}}")

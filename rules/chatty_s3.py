@@ -1,8 +1,8 @@
 """The ``chatty-s3`` rule.
 
-Two halves, so that another source of S3 call counts (the SDK's per-cluster counters) plugs in beside
-CloudWatch: *request count sources* turn snapshot data into ``BucketRequests`` records, and the pricing and
-judging below work on those records only.
+Two halves: *request count sources* (CloudWatch's request metrics; the S3 calls registered clusters report in
+their heartbeats) turn snapshot data into ``BucketRequests`` records, and the pricing and judging below work on
+those records only.
 """
 
 from __future__ import annotations
@@ -59,6 +59,8 @@ class BucketRequests:
     counts_by_operation: Mapping[str, float]
     detail: Mapping[str, object] = field(default_factory=dict)
     """Source-specific facts a person needs to trust the numbers (e.g. which CloudWatch filter was read)."""
+    owner: str | None = None
+    """Who made the requests, when the source knows (the bucket's owner tag is used when it has one)."""
 
 
 class RequestCountSource(Protocol):
@@ -128,6 +130,54 @@ class CloudWatchRequestMetrics:
             yield max(records, key=hourly_usd)
 
 
+MIN_REPORTED_SECONDS = 60
+"""Heartbeat reports covering less than this (a cluster that just started) are too short to price a rate from."""
+
+
+@dataclass(frozen=True)
+class ClusterReportedRequests:
+    """Counts the SDK's clusters reported in their heartbeats (S3 calls made on their VMs), summed over clusters.
+
+    Each cluster's count is its rate over the time its reports in the window cover, so a cluster that started ten
+    minutes ago is judged on those ten minutes; the record carries the window's worth at the summed rate.
+    """
+
+    window_seconds: int
+    name: str = "cluster-heartbeats"
+
+    def metric_queries(self, snapshot: Snapshot, buckets: Sequence[Bucket]) -> Iterable[MetricQuery]:
+        return ()
+
+    def counts(self, snapshot: Snapshot, buckets: Sequence[Bucket]) -> Iterable[BucketRequests]:
+        names = {bucket.name for bucket in buckets}
+        start = snapshot.taken_at - timedelta(seconds=self.window_seconds)
+        totals: dict[str, dict[str, float]] = {}
+        clusters: dict[str, list[dict[str, object]]] = {}
+        for cluster in snapshot.clusters or ():
+            reports, covered = cluster.reported_since(start, snapshot.taken_at)
+            if covered < MIN_REPORTED_SECONDS:
+                continue
+            scale = self.window_seconds / covered
+            by_bucket: dict[str, float] = {}
+            for report in reports:
+                for bucket, operations in report.s3_requests.items():
+                    if bucket not in names:
+                        continue
+                    for operation, count in operations.items():
+                        totals.setdefault(bucket, {}).setdefault(operation.upper(), 0.0)
+                        totals[bucket][operation.upper()] += count * scale
+                        by_bucket[bucket] = by_bucket.get(bucket, 0.0) + count
+            for bucket, requests in by_bucket.items():
+                clusters.setdefault(bucket, []).append({
+                    "cluster": cluster.cluster_id, "owner": cluster.owner, "region": cluster.region,
+                    "requests": int(requests), "over": format_duration(timedelta(seconds=round(covered)))})
+        for bucket, counts in sorted(totals.items()):
+            ranked = sorted(clusters[bucket], key=lambda c: (-int(c["requests"]), str(c["cluster"])))
+            yield BucketRequests(bucket=bucket, source=self.name, window_seconds=self.window_seconds,
+                                 counts_by_operation=counts, detail={"clusters": ranked},
+                                 owner=str(ranked[0]["owner"]))
+
+
 def usd_per_1000(operation: str) -> float:
     return OPERATION_USD_PER_1000.get(operation, OTHER_USD_PER_1000)
 
@@ -143,6 +193,11 @@ def hourly_usd(record: BucketRequests) -> float:
     return sum(hourly_usd_by_operation(record).values())
 
 
+def _owner(bucket: Bucket, record: BucketRequests, context: Context) -> str:
+    owner = context.owner_of(bucket.tags)
+    return record.owner if owner == "unknown" and record.owner else owner
+
+
 class ChattyS3Config(WindowedConfig):
     window: Duration = Field(timedelta(hours=1), description="how far back requests are counted")
     period: Period = Field(timedelta(minutes=5), description="CloudWatch period the request counts are summed by")
@@ -156,9 +211,11 @@ class ChattyS3(Rule):
     What it detects
         A bucket whose S3 requests over the `window` cost more than `min_hourly_usd` per hour, counted from the
         CloudWatch `AWS/S3` request metrics (`GetRequests`, `PutRequests`, `ListRequests`, … per `BucketName` and
-        `FilterId`; the whole-bucket filter `EntireBucket` when there is one). The finding names the dominant
-        operation class, the requests per second and the projected $/month. Buckets without request metrics are
-        listed once, as information (not waste), with the command that enables them.
+        `FilterId`; the whole-bucket filter `EntireBucket` when there is one), and from the S3 calls the SDK's
+        clusters report in their heartbeats (the costlier of the two counts is judged). The finding names the
+        dominant operation class, the requests per second, the projected $/month and, from heartbeats, the
+        clusters and owners making the calls. Buckets measured by neither are listed once, as information (not
+        waste), with the command that enables request metrics.
     Why it costs money
         S3 bills every request: PUT, COPY, POST and LIST at $0.005 per 1,000, GET, SELECT and HEAD at $0.0004 per
         1,000. A Dask job listing a prefix in a loop at 100 requests/s is $1.80 an hour, $1,314 a month, for a
@@ -173,9 +230,11 @@ class ChattyS3(Rule):
     id = "chatty-s3"
     resource_type = "bucket"
     needs = frozenset({"buckets", "metric_listings", "metrics"})
+    uses = frozenset({"clusters"})
     listings = (LISTED_METRIC,)
     inputs = ("S3 buckets and their tags; CloudWatch AWS/S3 request metrics (GetRequests, PutRequests, ListRequests, "
-              "PostRequests, HeadRequests, DeleteRequests, SelectRequests: Sum) per BucketName and FilterId")
+              "PostRequests, HeadRequests, DeleteRequests, SelectRequests: Sum) per BucketName and FilterId; S3 "
+              "requests by bucket and operation class from registered clusters' heartbeats, when they report them")
     waste_formula = ("requests per hour × the class's $/1,000 (PUT/COPY/POST/LIST $0.005, GET/SELECT/HEAD $0.0004, "
                      "DELETE free) ÷ 1,000")
     suggested_action = "reduce-requests"
@@ -188,7 +247,8 @@ class ChattyS3(Rule):
         super().__init__(config)
         self.cloudwatch = CloudWatchRequestMetrics(period_seconds=int(self.config.period.total_seconds()),
                                                    window_seconds=int(self.config.window.total_seconds()))
-        self.sources: tuple[RequestCountSource, ...] = (self.cloudwatch,)
+        self.sources: tuple[RequestCountSource, ...] = (
+            self.cloudwatch, ClusterReportedRequests(window_seconds=int(self.config.window.total_seconds())))
 
     @staticmethod
     def _buckets(snapshot: Snapshot, context: Context) -> list[Bucket]:
@@ -230,7 +290,7 @@ class ChattyS3(Rule):
             resource_id=bucket.name,
             resource_type=self.resource_type,
             region=region,
-            owner=context.owner_of(bucket.tags),
+            owner=_owner(bucket, record, context),
             severity=Severity.high if hourly >= self.config.high_hourly_usd else Severity.medium,
             waste_hourly_usd=hourly,
             summary=(f"s3://{bucket.name}: {per_second:,.1f} requests/s, mostly {dominant} ({share:.0%} of the cost) — "

@@ -11,7 +11,18 @@ from datetime import timedelta
 from pydantic import Field, model_validator
 
 from guard.durations import Duration, Period, format_duration
-from guard.model import Evaluation, Finding, LogGroup, LogSample, LogSampleRequest, MetricQuery, Severity, Snapshot
+from guard.model import (
+    CLUSTER_TAG,
+    ClusterUsage,
+    Evaluation,
+    Finding,
+    LogGroup,
+    LogSample,
+    LogSampleRequest,
+    MetricQuery,
+    Severity,
+    Snapshot,
+)
 from guard.pricing import GB, HOURS_PER_MONTH, logs_ingest_usd_per_gb
 from guard.rule import Context, Rule, WindowedConfig
 
@@ -20,6 +31,8 @@ EVENT_OVERHEAD_BYTES = 26
 
 DEBUG_LEVELS = frozenset({"debug", "trace"})
 """Levels counted as DEBUG: TRACE is even more verbose and just as avoidable."""
+MIN_REPORTED_SECONDS = 60
+"""Heartbeat reports covering less than this (a cluster that just started) are too short to price a rate from."""
 _KNOWN_LEVELS = DEBUG_LEVELS | {"info", "notice", "warn", "warning", "error", "err", "critical", "fatal", "panic",
                                 "severe", "alert", "emerg"}
 _LEVEL_KEYS = ("level", "levelname", "log.level", "severity", "loglevel", "lvl")
@@ -132,7 +145,9 @@ class DebugLogging(Rule):
         sampled recent events (FilterLogEvents, at most `sample_max_events` events and `sample_max_bytes` bytes;
         the `max_groups_sampled` costliest groups only) are at least `debug_share_min` DEBUG or TRACE by billed
         bytes. Levels are read from plain text (`DEBUG`, `[debug]`, `level=debug`) and JSON (`"level": "debug"`,
-        `"levelname": "DEBUG"`). Severity grows with the streams that wrote in the window (≈ nodes).
+        `"levelname": "DEBUG"`). Severity grows with the streams that wrote in the window (≈ nodes). A cluster
+        the SDK launched is judged the same way on the bytes by level its heartbeats report, priced as CloudWatch
+        Logs ingestion, unless a log group tagged `vmguard:cluster` with its id was already found.
     Why it costs money
         CloudWatch Logs bills $0.50 per GB ingested: every node of a cluster at DEBUG multiplies it — one team's
         1,000-node Dask cluster at DEBUG cost about $15,000 before anyone looked.
@@ -147,8 +162,10 @@ class DebugLogging(Rule):
     id = "debug-logging"
     resource_type = "log-group"
     needs = frozenset({"log_groups", "metrics", "log_samples"})
+    uses = frozenset({"clusters"})
     inputs = ("CloudWatch Logs groups; CloudWatch AWS/Logs IncomingBytes (Sum) per log group; a bounded sample of "
-              "recent events and the count of active streams of the expensive ones")
+              "recent events and the count of active streams of the expensive ones; log bytes by level from "
+              "registered clusters' heartbeats, when they report them")
     waste_formula = "ingested GB/hour × $0.50/GB × the share of ingested bytes at DEBUG/TRACE level"
     suggested_action = "set-log-level"
     iam_permissions = ("logs:DescribeLogGroups", "tag:GetResources", "cloudwatch:GetMetricData",
@@ -207,7 +224,77 @@ class DebugLogging(Rule):
             share = debug_share(sample.messages)
             if share.share >= self.config.debug_share_min:
                 findings.append(self._finding(ingestion, sample, share, snapshot.region, context))
+        measured = {group.tags[CLUSTER_TAG] for group in snapshot.log_groups or () if CLUSTER_TAG in group.tags
+                    and any(finding.resource_id == group.name for finding in findings)}
+        for cluster in snapshot.clusters or ():
+            if cluster.region != snapshot.region or cluster.cluster_id in measured or context.is_protected(
+                    cluster.tags):
+                continue
+            if not self._judgeable(cluster, snapshot):
+                undetermined.add(cluster.cluster_id)
+                continue
+            finding = self._judge_cluster(cluster, snapshot, context)
+            if finding is not None:
+                findings.append(finding)
         return Evaluation(findings=tuple(findings), undetermined=frozenset(undetermined))
+
+    def _logged(self, cluster: ClusterUsage, snapshot: Snapshot) -> tuple[dict[str, int], float]:
+        """Bytes logged by level that the cluster's heartbeats reported in the window, and the seconds covered."""
+        reports, covered = cluster.reported_since(snapshot.taken_at - self.config.window, snapshot.taken_at)
+        by_level: dict[str, int] = {}
+        for report in reports:
+            for level, size in report.log_bytes_by_level.items():
+                by_level[level.lower()] = by_level.get(level.lower(), 0) + size
+        return by_level, covered
+
+    def _judgeable(self, cluster: ClusterUsage, snapshot: Snapshot) -> bool:
+        """False while a cluster's log reports cover too little time to price a rate (an open finding stays)."""
+        by_level, covered = self._logged(cluster, snapshot)
+        return not any(by_level.values()) or covered >= MIN_REPORTED_SECONDS
+
+    def _judge_cluster(self, cluster: ClusterUsage, snapshot: Snapshot, context: Context) -> Finding | None:
+        """A finding from the log volume a cluster's heartbeats reported, priced as CloudWatch Logs ingestion."""
+        by_level, covered = self._logged(cluster, snapshot)
+        total = sum(by_level.values())
+        if total == 0:
+            return None
+        debug = sum(size for level, size in by_level.items() if level in DEBUG_LEVELS)
+        share = debug / total
+        bytes_per_hour = total * 3600 / covered
+        usd_per_gb = logs_ingest_usd_per_gb("STANDARD") if snapshot.region in context.prices.regions else None
+        ingestion = bytes_per_hour / GB * usd_per_gb if usd_per_gb is not None else None
+        if share < self.config.debug_share_min or (ingestion is not None and ingestion < self.config.min_hourly_usd):
+            return None
+        waste = ingestion * share if ingestion is not None else None
+        nodes = len(cluster.instance_ids)
+        price_text = (f"${waste:.2f}/hour if CloudWatch Logs ingests it" if waste is not None else "price unknown")
+        return Finding(
+            rule=self.id,
+            resource_id=cluster.cluster_id,
+            resource_type="cluster",
+            region=snapshot.region,
+            owner=cluster.owner,
+            severity=self._severity(nodes),
+            waste_hourly_usd=waste,
+            summary=(f"cluster {cluster.cluster_id} logs {bytes_per_hour / GB:.2f} GB/hour, {share:.0%} DEBUG, "
+                     f"across {nodes} VMs: {price_text}"),
+            suggested_action=self.suggested_action,
+            evidence={
+                "source": "cluster-heartbeats",
+                "debug_share": round(share, 4),
+                "log_bytes_by_level": by_level,
+                "reported_over": format_duration(timedelta(seconds=round(covered))),
+                "nodes": nodes,
+                "logged_gb_per_hour": round(bytes_per_hour / GB, 6),
+                "ingestion_usd_per_hour": ingestion,
+                "usd_per_gb": usd_per_gb,
+                "price_basis": "CloudWatch Logs Standard ingestion, where a cluster's logs are usually shipped",
+                "window": format_duration(self.config.window),
+                "monthly_usd": round(waste * HOURS_PER_MONTH, 2) if waste is not None else None,
+                "price": "known" if waste is not None else "unknown",
+                "fix": "sdk.Cluster(..., log_level=\"INFO\") or DASK_LOGGING__DISTRIBUTED=info",
+            },
+        )
 
     def _severity(self, streams: int) -> Severity:
         if streams >= self.config.high_streams:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from botocore.exceptions import ClientError
 
 from guard.aws import Aws
-from guard.model import Tags, freeze_tags
+from guard.model import CLUSTER_TAG, Tags, freeze_tags
 
 KEY_TAG = "guard:action-key"
 """Tag on a snapshot made by snapshot-then-delete: the action's idempotency key (found again after a crash)."""
@@ -261,8 +261,6 @@ class DeleteSnapshot(Executor):
         return Outcome("done")
 
 
-CLUSTER_TAG = "vmguard:cluster"
-"""Tag the SDK puts on every resource of a cluster it launched: the cluster id."""
 _LIVE = ("pending", "running", "stopping", "stopped")
 _CHUNK = 200
 """Values per Describe filter (EC2 accepts at most 200)."""

@@ -129,7 +129,7 @@ def test_register_heartbeat_close(api) -> None:
     assert created.status_code == 201, created.text
     out = created.json()
     assert out | {"registered_at": None, "last_heartbeat": None, "last_activity": None, "expires_at": None} == \
-        registration("vmg-life0001") | {"account_id": None, "state": "running", "reason": None,
+        registration("vmg-life0001") | {"account_id": None, "state": "running", "reason": None, "usage": {},
                                         "registered_at": None, "last_heartbeat": None, "last_activity": None,
                                         "expires_at": None}
     registered = datetime.fromisoformat(out["registered_at"])
@@ -145,17 +145,19 @@ def test_register_heartbeat_close(api) -> None:
     assert idle.json()["last_heartbeat"] > out["last_heartbeat"]
     assert idle.json()["last_activity"] == out["last_activity"]  # nothing was running: not activity
     busy = post(base, "/v1/clusters/vmg-life0001/heartbeat", "alice",
-                json={"tasks_processing": 12, "workers": 1, "s3_requests": {"team-data": 1200},
+                json={"tasks_processing": 12, "workers": 1, "s3_requests": {"team-data": {"LIST": 1200}},
                       "log_bytes_by_level": {"DEBUG": 10_000_000, "INFO": 2_000}})
     assert busy.status_code == 200
     assert busy.json()["last_activity"] == busy.json()["last_heartbeat"] > idle.json()["last_heartbeat"]
     row = daemon.clusters.get("vmg-life0001")
     assert (row.heartbeats, row.tasks_processing, row.workers) == (2, 12, 1)
-    assert row.usage["s3_requests"]["value"] == {"team-data": 1200}
+    assert row.usage["s3_requests"]["value"] == {"team-data": {"LIST": 1200}}
     assert row.usage["log_bytes_by_level"]["value"] == {"DEBUG": 10_000_000, "INFO": 2_000}
     later = post(base, "/v1/clusters/vmg-life0001/heartbeat", "alice", json={})
     assert later.status_code == 200  # every field has a default; the reserved ones keep their latest values
-    assert daemon.clusters.get("vmg-life0001").usage["s3_requests"]["value"] == {"team-data": 1200}
+    assert daemon.clusters.get("vmg-life0001").usage["s3_requests"]["value"] == {"team-data": {"LIST": 1200}}
+    shown = get(base, "/v1/clusters/vmg-life0001", "alice").json()["usage"]
+    assert shown["log_bytes_by_level"]["value"] == {"DEBUG": 10_000_000, "INFO": 2_000}
 
     closed = httpx.delete(f"{base}/v1/clusters/vmg-life0001", headers=AS["alice"])
     assert closed.status_code == 204 and closed.content == b""
@@ -254,8 +256,10 @@ BAD_HEARTBEATS = [
     ({"tasks_processing": "many"}, {"tasks_processing"}),
     ({"workers": 10**30}, {"workers"}),
     ({"s3_requests": {"bucket": "lots"}}, {"bucket"}),
+    ({"s3_requests": {"bucket": {"GET": -1}}}, {"GET"}),
+    ({"tasks_completed": -1}, {"tasks_completed"}),
     ({"s3_requests": ["bucket"]}, {"s3_requests"}),
-    ({"log_bytes_by_level": {"DEBUG": -5}}, {"log_bytes_by_level"}),
+    ({"log_bytes_by_level": {"DEBUG": -5}}, {"DEBUG"}),
     ({"log_bytes_by_level": {"DEBUG": 10**40}}, {"log_bytes_by_level"}),
     ({"alive": True}, {"alive"}),
 ]

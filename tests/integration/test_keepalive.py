@@ -175,13 +175,13 @@ def test_an_idle_cluster_expires_after_its_idle_timeout_although_it_heartbeats(e
     ids, group = launch(ec2, cluster_id, workers=1)
     guard = daemon()
     register(guard.clusters, cluster_id, ids, group, keepalive=600, idle=120)
-    busy = Heartbeat(tasks_processing=3, workers=1, s3_requests={"team-data": 40})
+    busy = Heartbeat(tasks_processing=3, workers=1, s3_requests={"team-data": {"GET": 40}})
     assert guard.clusters.heartbeat(cluster_id, busy, T0 + timedelta(seconds=50))[1]
     for second in (100, 150, 169):
         assert guard.clusters.heartbeat(cluster_id, Heartbeat(workers=1), T0 + timedelta(seconds=second))[1]
     row = guard.clusters.get(cluster_id)
     assert row.last_activity == T0 + timedelta(seconds=50) and row.last_heartbeat == T0 + timedelta(seconds=169)
-    assert row.usage["s3_requests"]["value"] == {"team-data": 40} and row.heartbeats == 4
+    assert row.usage["s3_requests"]["value"] == {"team-data": {"GET": 40}} and row.heartbeats == 4
     assert guard.keepalive.check(now=T0 + timedelta(seconds=169)).expired == []
 
     report = guard.keepalive.check(now=T0 + timedelta(seconds=171))

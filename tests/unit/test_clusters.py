@@ -79,14 +79,25 @@ class TestRegistry:
 
     def test_heartbeats_keep_the_latest_reserved_values(self, clusters: ClusterRegistry) -> None:
         clusters.register(registration("vmg-beat0001"), "alice", T0)
-        clusters.heartbeat("vmg-beat0001", Heartbeat(tasks_processing=4, workers=3, s3_requests={"a": 1},
+        clusters.heartbeat("vmg-beat0001", Heartbeat(tasks_processing=4, workers=3, s3_requests={"a": {"GET": 1}},
                                                      log_bytes_by_level={"DEBUG": 9}), seconds(10))
-        row, recorded = clusters.heartbeat("vmg-beat0001", Heartbeat(workers=3, s3_requests={"b": 2}), seconds(20))
+        row, recorded = clusters.heartbeat("vmg-beat0001", Heartbeat(workers=3, s3_requests={"b": {"LIST": 2}}),
+                                           seconds(20))
         assert recorded and (row.heartbeats, row.tasks_processing, row.workers) == (2, 0, 3)
-        assert row.usage == {"s3_requests": {"at": seconds(20).isoformat(), "value": {"b": 2}},
+        assert row.usage == {"s3_requests": {"at": seconds(20).isoformat(), "value": {"b": {"LIST": 2}}},
                              "log_bytes_by_level": {"at": seconds(10).isoformat(), "value": {"DEBUG": 9}}}
         assert row.last_activity == seconds(10) and row.last_heartbeat == seconds(20)
         assert clusters.heartbeat("vmg-nosuch01", Heartbeat(), seconds(30)) == (None, False)
+        (usage,) = clusters.usage(seconds(30))
+        assert [(r.at, r.s3_requests, r.log_bytes_by_level) for r in usage.reports] == [
+            (seconds(10), {"a": {"GET": 1}}, {"DEBUG": 9}), (seconds(20), {"b": {"LIST": 2}}, {})]
+
+    def test_tasks_completed_between_beats_count_as_activity(self, clusters: ClusterRegistry) -> None:
+        clusters.register(registration("vmg-short001"), "alice", T0)
+        row, _ = clusters.heartbeat("vmg-short001", Heartbeat(tasks_processing=0, tasks_completed=0), seconds(10))
+        assert row.last_activity == T0
+        row, _ = clusters.heartbeat("vmg-short001", Heartbeat(tasks_processing=0, tasks_completed=3), seconds(20))
+        assert row.last_activity == seconds(20)
 
     def test_only_a_running_cluster_heartbeats_or_closes(self, clusters: ClusterRegistry) -> None:
         clusters.register(registration("vmg-state001"), "alice", T0)

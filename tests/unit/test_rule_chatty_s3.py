@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from guard.model import Bucket, MetricQuery, Series, Severity, Snapshot, freeze_tags
+from guard.model import Bucket, ClusterUsage, MetricQuery, Series, Severity, Snapshot, UsageReport, freeze_tags
 from guard.pricing import HOURS_PER_MONTH, S3_TIER1_USD_PER_1000, S3_TIER2_USD_PER_1000, default_catalog
 from guard.rule import Context
 from rules.chatty_s3 import (
@@ -404,3 +404,85 @@ def test_findings_are_exactly_the_measured_buckets_over_the_threshold_and_the_un
             if name in by_id:
                 assert by_id[name].waste_hourly_usd == pytest.approx(expected)
                 assert by_id[name].waste_hourly_usd >= 0
+
+
+# --- counts the SDK's clusters report in their heartbeats ---
+
+
+def cluster(cluster_id: str, reports: Sequence[tuple[int, Mapping[str, Mapping[str, int]]]], owner: str = "ana",
+            registered_minutes_ago: int = 120, region: str = "us-west-2") -> ClusterUsage:
+    """A running cluster whose heartbeats (``minutes ago``, s3_requests) reported S3 calls."""
+    return ClusterUsage(cluster_id=cluster_id, owner=owner, region=region, instance_ids=("i-1", "i-2"),
+                        registered_at=NOW - timedelta(minutes=registered_minutes_ago),
+                        reports=tuple(UsageReport(at=NOW - timedelta(minutes=ago), s3_requests=counts)
+                                      for ago, counts in sorted(reports, reverse=True)))
+
+
+def with_clusters(buckets: Sequence[Bucket], clusters: Sequence[ClusterUsage], filters=None, counts=None) -> Snapshot:
+    return dataclasses.replace(snapshot(buckets, filters or {}, counts or {}), clusters=tuple(clusters))
+
+
+def test_heartbeat_counts_alone_make_a_priced_finding_naming_the_clusters() -> None:
+    # two clusters LISTing one bucket: 60 reports a minute apart, 100 LIST/s between them over the last hour
+    busy = cluster("vmg-busy01", [(ago, {"chatty": {"LIST": 4_200}}) for ago in range(60)], owner="ana")
+    quiet = cluster("vmg-quiet1", [(ago, {"chatty": {"LIST": 1_800, "GET": 600}}) for ago in range(60)], owner="bo")
+    evaluation = ChattyS3().evaluate(with_clusters([make_bucket()], [busy, quiet]), CONTEXT)
+    (finding,) = evaluation.findings
+    lists_per_hour = (4_200 + 1_800) * 60
+    expected = lists_per_hour * S3_TIER1_USD_PER_1000 / 1000 + 600 * 60 * S3_TIER2_USD_PER_1000 / 1000
+    assert finding.waste_hourly_usd == pytest.approx(expected)
+    assert finding.evidence["source"] == "cluster-heartbeats"
+    assert finding.evidence["dominant_operation"] == "LIST"
+    assert [c["cluster"] for c in finding.evidence["clusters"]] == ["vmg-busy01", "vmg-quiet1"]
+    assert finding.owner == "ana"  # the bucket has no owner tag: the cluster making most of the calls
+    assert finding.severity is Severity.high
+
+
+def test_the_bucket_owner_tag_wins_over_the_clusters_owner() -> None:
+    busy = cluster("vmg-busy01", [(ago, {"chatty": {"LIST": 4_200}}) for ago in range(60)], owner="ana")
+    (finding,) = ChattyS3().evaluate(
+        with_clusters([make_bucket(tags={"owner": "data-eng"})], [busy]), CONTEXT).findings
+    assert finding.owner == "data-eng"
+
+
+def test_a_young_cluster_is_judged_on_the_minutes_it_has_reported() -> None:
+    # registered 10 minutes ago: 10 × 2,000 LISTs = 20,000 in 10 min → 120,000/hour → $0.60/hour
+    young = cluster("vmg-young1", [(ago, {"chatty": {"LIST": 2_000}}) for ago in range(10)],
+                    registered_minutes_ago=10)
+    (finding,) = ChattyS3().evaluate(with_clusters([make_bucket()], [young]), CONTEXT).findings
+    assert finding.waste_hourly_usd == pytest.approx(120_000 * S3_TIER1_USD_PER_1000 / 1000)
+
+
+def test_reports_older_than_the_window_and_too_short_coverage_are_not_priced() -> None:
+    old = cluster("vmg-old001", [(ago, {"chatty": {"LIST": 100_000}}) for ago in range(61, 120)])
+    just_started = cluster("vmg-new001", [(0, {"chatty": {"LIST": 100_000}})], registered_minutes_ago=0)
+    evaluation = ChattyS3().evaluate(with_clusters([make_bucket()], [old, just_started]), CONTEXT)
+    assert [f.severity for f in evaluation.findings] == [Severity.info]  # neither counts: not measurable
+
+
+def test_the_costlier_source_is_judged_when_cloudwatch_also_counts() -> None:
+    rule = ChattyS3()
+    cloudwatch_lists = per_hour(10)  # 10 LIST/s measured by CloudWatch: $0.18/hour
+    busy = cluster("vmg-busy01", [(ago, {"chatty": {"LIST": 3_000}}) for ago in range(60)])  # 50 LIST/s
+    snap = with_clusters([make_bucket()], [busy], {"chatty": ["EntireBucket"]},
+                         {("chatty", "EntireBucket"): {"ListRequests": cloudwatch_lists}})
+    (finding,) = rule.evaluate(snap, CONTEXT).findings
+    assert finding.evidence["source"] == "cluster-heartbeats"
+    assert finding.evidence["requests_per_second"] == pytest.approx(50)
+    quiet = cluster("vmg-quiet1", [(ago, {"chatty": {"LIST": 60}}) for ago in range(60)])  # 1 LIST/s
+    snap = dataclasses.replace(snap, clusters=(quiet,))
+    (finding,) = rule.evaluate(snap, CONTEXT).findings
+    assert finding.evidence["source"] == "cloudwatch"
+
+
+def test_buckets_of_other_regions_or_accounts_and_protected_buckets_are_ignored() -> None:
+    busy = cluster("vmg-busy01", [(ago, {"elsewhere": {"LIST": 100_000}, "guarded": {"LIST": 100_000}})
+                                  for ago in range(60)])
+    protected = make_bucket("guarded", tags={"guard:protect": "true"})
+    evaluation = ChattyS3().evaluate(with_clusters([protected], [busy]), CONTEXT)
+    assert evaluation.findings == ()
+
+
+def test_cheap_heartbeat_counts_are_quiet() -> None:
+    light = cluster("vmg-light1", [(ago, {"chatty": {"GET": 1_000}}) for ago in range(60)])  # $0.024/hour
+    assert ChattyS3().evaluate(with_clusters([make_bucket()], [light]), CONTEXT).findings == ()

@@ -12,7 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from guard.model import LogGroup, LogSample, MetricQuery, Series, Severity, Snapshot, freeze_tags
+from guard.model import (
+    ClusterUsage,
+    LogGroup,
+    LogSample,
+    MetricQuery,
+    Series,
+    Severity,
+    Snapshot,
+    UsageReport,
+    freeze_tags,
+)
 from guard.pricing import GB, HOURS_PER_MONTH, LOGS_INGEST_USD_PER_GB, default_catalog
 from guard.rule import Context
 from rules.debug_logging import DebugLogging, billed_bytes, debug_share, is_debug, log_level
@@ -443,3 +453,66 @@ def test_infrequent_access_groups_are_priced_at_their_own_rate() -> None:
     # $0.25/GB: 1.5 GB/h of IA ingestion stays under the default $0.50/h threshold, where STANDARD would not
     cheap = evaluate([group], {group.name: ingestion_points(1.5)}, [make_sample(group.name, mostly_debug())])
     assert cheap.findings == ()
+
+
+# --- log volume the SDK's clusters report in their heartbeats ---
+
+
+def cluster(cluster_id: str = "vmg-debug1", per_minute: Mapping[str, int] | None = None, minutes: int = 60,
+            nodes: int = 401, region: str = "us-east-1", tags: Mapping[str, str] | None = None,
+            registered_minutes_ago: int = 120) -> ClusterUsage:
+    """A running cluster whose heartbeats, one a minute, each reported ``per_minute`` bytes by level."""
+    per_minute = per_minute if per_minute is not None else {"debug": int(1.8 * GB / 60), "info": int(0.2 * GB / 60)}
+    return ClusterUsage(cluster_id=cluster_id, owner="ana", region=region,
+                        instance_ids=tuple(f"i-{n}" for n in range(nodes)),
+                        registered_at=NOW - timedelta(minutes=registered_minutes_ago),
+                        reports=tuple(UsageReport(at=NOW - timedelta(minutes=ago), log_bytes_by_level=per_minute)
+                                      for ago in reversed(range(minutes))),
+                        tags=freeze_tags(tags or {}))
+
+
+def evaluate_clusters(clusters: Sequence[ClusterUsage], groups: Sequence[LogGroup] = (),
+                      ingestion: Mapping[str, Sequence[float]] | None = None, samples: Sequence[LogSample] = (),
+                      rule: DebugLogging | None = None):
+    rule = rule or DebugLogging()
+    snap = snapshot_with(rule, groups, ingestion or {}, samples)
+    return rule.evaluate(dataclasses.replace(snap, clusters=tuple(clusters)), CONTEXT)
+
+
+def test_a_cluster_reporting_mostly_debug_logs_is_a_priced_finding() -> None:
+    (finding,) = evaluate_clusters([cluster()]).findings
+    per_minute = int(1.8 * GB / 60) + int(0.2 * GB / 60)
+    gb_per_hour = per_minute * 60 / GB
+    share = int(1.8 * GB / 60) / per_minute
+    assert finding.resource_id == "vmg-debug1" and finding.resource_type == "cluster"
+    assert finding.owner == "ana"
+    assert finding.waste_hourly_usd == pytest.approx(gb_per_hour * LOGS_INGEST_USD_PER_GB * share)
+    assert finding.severity is Severity.high  # 401 VMs ≥ high_streams
+    assert finding.evidence["source"] == "cluster-heartbeats"
+    assert finding.evidence["debug_share"] == pytest.approx(0.9, abs=1e-4)
+    assert "401 VMs" in finding.summary and "90% DEBUG" in finding.summary
+
+
+def test_cluster_reports_are_judged_with_the_log_group_thresholds() -> None:
+    info_heavy = cluster(per_minute={"debug": int(0.4 * GB / 60), "info": int(0.6 * GB / 60)})
+    cheap = cluster("vmg-cheap1", per_minute={"debug": int(0.9 * GB / 60)}, nodes=3)  # $0.45/hour < $0.50
+    assert evaluate_clusters([info_heavy, cheap]).findings == ()
+    (finding,) = evaluate_clusters([cluster("vmg-small1", per_minute={"DEBUG": int(1.2 * GB / 60)}, nodes=3)]).findings
+    assert finding.severity is Severity.low  # 3 VMs < medium_streams; levels are case-insensitive
+
+
+def test_a_cluster_just_started_is_undetermined_and_one_elsewhere_is_not_judged_here() -> None:
+    young = cluster("vmg-young1", minutes=1, registered_minutes_ago=0)
+    west = cluster("vmg-west01", region="us-west-2")
+    silent = cluster("vmg-quiet1", per_minute={})
+    protected = cluster("vmg-prot01", tags={"guard:protect": "true"})
+    evaluation = evaluate_clusters([young, west, silent, protected])
+    assert evaluation.findings == ()
+    assert evaluation.undetermined == frozenset({"vmg-young1"})
+
+
+def test_a_cluster_whose_log_group_was_measured_is_not_counted_twice() -> None:
+    group = make_group(tags={"vmguard:cluster": "vmg-debug1"})
+    evaluation = evaluate_clusters([cluster()], [group], {group.name: ingestion_points(2.0)},
+                                   [make_sample(group.name, mostly_debug())])
+    assert [f.resource_id for f in evaluation.findings] == [group.name]

@@ -23,13 +23,19 @@ template (one more resource to leak), and tags only instances on creation.
 
 A cluster that ends up with fewer workers than asked is returned with a :class:`PartialLaunch` warning saying so;
 one whose scheduler, or every worker, could not launch is torn down (instances found by the cluster tag too, so a
-launch whose reply was lost is not leaked) and an ``SdkError`` says what happened.
+launch whose reply was lost is not leaked) and an ``SdkError`` says what happened. A cleanup cut short by a second
+Ctrl-C is done again, bounded, when the interpreter exits.
+
+Before launching, the owner's security groups left by clusters that ended on their own (the VMs' dead-man switch,
+with no daemon watching) are deleted: nothing else could.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import re
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -58,6 +64,14 @@ ROOT_VOLUME_TYPE = "gp3"
 MAX_WORKER_CALLS = 16
 """RunInstances calls for the workers before settling for what launched."""
 TERMINATE_BATCH = 1000
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+LAST_RESORT_TIMEOUT = 120.0
+"""How long the cleanup of an interrupted launch may hold up the interpreter's exit."""
+ORPHAN_MIN_AGE = timedelta(minutes=30)
+"""A cluster's security group with no instance left is deleted by the owner's next launch once it is this old
+(younger ones may belong to a launch under way elsewhere)."""
+FILTER_VALUES = 200
+"""Values per Describe filter (EC2 accepts at most 200)."""
 CAPACITY_ERRORS = frozenset({
     "InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity",
     "InsufficientFreeAddressesInSubnet", "Unsupported", "SpotMaxPriceTooLow", "InsufficientCapacityOnHost",
@@ -139,7 +153,12 @@ def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, cl
         raise SdkError(f"the EC2 client is for {ec2_client.meta.region_name} but the cluster is for {spec.region}")
     report = progress or (lambda done, total, text: None)
     total = 1 + spec.n_workers
+    swept = sweep_orphaned_groups(ec2_client, spec.owner)
+    if swept:
+        log.info("deleted %d security group(s) left by clusters that ended on their own: %s", len(swept),
+                 ", ".join(swept))
     run = _Run(spec, cluster_id, ec2_client, types)
+    atexit.register(run.last_resort)  # a second Ctrl-C that cuts the cleanup below short still cleans up at exit
     try:
         report(0, total, f"{cluster_id}: preparing the network")
         run.prepare(image_ids)
@@ -153,25 +172,25 @@ def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, cl
             raise SdkError(f"could not launch any of the {spec.n_workers} worker(s) of {cluster_id}: "
                            f"{'; '.join(run.problems[-2:]) or 'no capacity'}")
         run.refresh_scheduler()
+        launched = Launched(cluster_id=cluster_id, region=spec.region, security_group_id=run.security_group_id or "",
+                            scheduler=run.scheduler or {}, workers=run.workers, requested_workers=spec.n_workers,
+                            problems=run.problems if len(run.workers) < spec.n_workers else [])
+        partial = (f"{cluster_id}: launched {len(launched.workers)} of {spec.n_workers} workers "
+                   f"({'; '.join(run.problems[-2:])})") if len(launched.workers) < spec.n_workers else None
+        report(1 + len(launched.workers), total,
+               partial or f"{cluster_id}: launched 1 scheduler and {len(launched.workers)} worker(s)")
     except BaseException as exc:
         cleanup = run.abort()
+        atexit.unregister(run.last_resort)
         if isinstance(exc, SdkError):
             raise SdkError(f"{exc}; {cleanup}") from None
         if isinstance(exc, (ClientError, BotoCoreError)):
             raise SdkError(f"launching {cluster_id} failed ({_describe_error(exc)}); {cleanup}") from None
         raise
-    launched = Launched(cluster_id=cluster_id, region=spec.region, security_group_id=run.security_group_id or "",
-                        scheduler=run.scheduler or {}, workers=run.workers, requested_workers=spec.n_workers,
-                        problems=run.problems if len(run.workers) < spec.n_workers else [])
-    done = 1 + len(launched.workers)
-    if len(launched.workers) < spec.n_workers:
-        message = (f"{cluster_id}: launched {len(launched.workers)} of {spec.n_workers} workers "
-                   f"({'; '.join(run.problems[-2:])})")
-        report(done, total, message)
-        log.warning("%s", message)
-        warnings.warn(message, PartialLaunch, stacklevel=2)
-    else:
-        report(done, total, f"{cluster_id}: launched 1 scheduler and {len(launched.workers)} worker(s)")
+    atexit.unregister(run.last_resort)  # from here on the caller owns the cluster, and its teardown
+    if partial:
+        log.warning("%s", partial)
+        warnings.warn(partial, PartialLaunch, stacklevel=2)
     return launched
 
 
@@ -277,7 +296,8 @@ class _Run:
         tags = {"Name": f"vmguard {self.cluster_id} {role}", **self.spec.tags,
                 "guard:managed": "true", "owner": self.spec.owner, "vmguard:cluster": self.cluster_id,
                 "vmguard:role": role, "vmguard:keepalive": str(self.spec.keepalive_seconds),
-                "vmguard:expires": expires.strftime("%Y-%m-%dT%H:%M:%SZ")}
+                "vmguard:launched": self.launched_at.strftime(TIME_FORMAT),
+                "vmguard:expires": expires.strftime(TIME_FORMAT)}
         return [{"Key": key, "Value": value} for key, value in tags.items()]
 
     def create_security_group(self, client_cidrs: Sequence[str]) -> None:
@@ -445,6 +465,17 @@ class _Run:
             ["deleted the security group"] if self.security_group_id else [])
         return f"{' and '.join(done)}: nothing is left running" if done else "nothing was launched"
 
+    def last_resort(self) -> None:
+        """At interpreter exit, for a launch whose cleanup was itself interrupted: the same cleanup, bounded."""
+        print(f"vmguard: cleaning up the interrupted launch of {self.cluster_id}…", file=sys.stderr)
+        ids = [instance["InstanceId"] for instance in [self.scheduler, *self.workers] if instance]
+        try:
+            teardown(self.ec2, instance_ids=ids, security_group_id=self.security_group_id,
+                     cluster_id=self.cluster_id, wait=True, timeout=LAST_RESORT_TIMEOUT)
+        except Exception as exc:
+            print(f"vmguard: cleaning up {self.cluster_id} failed ({exc}); look for resources tagged "
+                  f"vmguard:cluster={self.cluster_id}", file=sys.stderr)
+
 
 def _summary(instance: dict[str, Any], market: str) -> dict[str, Any]:
     return {
@@ -506,6 +537,54 @@ def teardown(ec2_client: Any, launched: Launched | None = None, *, instance_ids:
             raise SdkError(f"the instances were terminated but security group {group} was still in use after "
                            f"{timeout:.0f}s; delete it later with `aws ec2 delete-security-group --group-id {group}`")
         time.sleep(poll)
+
+
+def sweep_orphaned_groups(ec2: Any, owner: str, now: datetime | None = None) -> list[str]:
+    """Delete this owner's cluster security groups whose instances are all gone; the deleted group ids.
+
+    A cluster that ended on its own (its VMs' dead-man switch or ``max_lifetime``) while no daemon watched it
+    leaves its group behind: nothing else could delete it. Only groups launched ``ORPHAN_MIN_AGE`` ago are
+    touched. Best effort: any error is logged and the launch goes on.
+    """
+    cutoff = (now or datetime.now(timezone.utc)) - ORPHAN_MIN_AGE
+    try:
+        groups: dict[str, str] = {}
+        for page in ec2.get_paginator("describe_security_groups").paginate(Filters=[
+                {"Name": "tag:guard:managed", "Values": ["true"]}, {"Name": "tag:owner", "Values": [owner]},
+                {"Name": "tag-key", "Values": ["vmguard:cluster", "vmguard:launched"]}]):
+            for group in page.get("SecurityGroups", []):
+                tags = {tag["Key"]: tag["Value"] for tag in group.get("Tags", [])}
+                launched = _parse_time(tags.get("vmguard:launched"))
+                if tags.get("vmguard:cluster") and launched is not None and launched < cutoff:
+                    groups[tags["vmguard:cluster"]] = group["GroupId"]
+        clusters = sorted(groups)
+        for start in range(0, len(clusters), FILTER_VALUES):
+            for page in ec2.get_paginator("describe_instances").paginate(Filters=[
+                    {"Name": "tag:vmguard:cluster", "Values": clusters[start:start + FILTER_VALUES]},
+                    {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped",
+                                                               "shutting-down"]}]):
+                for reservation in page.get("Reservations", []):
+                    for instance in reservation.get("Instances", []):
+                        tags = {tag["Key"]: tag["Value"] for tag in instance.get("Tags", [])}
+                        groups.pop(tags.get("vmguard:cluster", ""), None)
+        deleted = []
+        for group_id in groups.values():
+            try:
+                ec2.delete_security_group(GroupId=group_id)
+                deleted.append(group_id)
+            except ClientError as exc:  # in use after all, or gone already: leave it
+                log.info("left security group %s: %s", group_id, _describe_error(exc))
+        return deleted
+    except (ClientError, BotoCoreError) as exc:
+        log.info("could not look for security groups left by ended clusters: %s", _describe_error(exc))
+        return []
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    try:
+        return datetime.strptime(text or "", TIME_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
 
 
 def _tagged_instances(ec2: Any, cluster_id: str) -> list[str]:

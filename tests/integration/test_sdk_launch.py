@@ -5,9 +5,14 @@ error of the instance types."""
 from __future__ import annotations
 
 import base64
+import os
 import secrets
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -331,6 +336,75 @@ def test_user_data_config_line_is_what_a_runner_reads(ec2: Any, cluster_id: str)
         assert f"--scheduler {launched.scheduler['PrivateIpAddress']}:8786" in script
     finally:
         teardown(ec2, launched)
+
+
+# -- what a launch leaves behind when it is cut short, or when a cluster ended on its own ---------------------------
+
+INTERRUPTED_TWICE = """
+import sys
+import boto3
+from sdk.launch import launch
+from sdk.spec import ClusterSpec
+
+cluster_id, region = sys.argv[1], sys.argv[2]
+ec2 = boto3.client("ec2", region_name=region)
+interrupts = {"cleanup": 0}
+
+def second_ctrl_c(**_):  # the user presses Ctrl-C again while the cleanup terminates the instances
+    if interrupts["cleanup"] == 0:
+        interrupts["cleanup"] += 1
+        raise KeyboardInterrupt
+
+def first_ctrl_c(done, total, text):
+    if text.endswith("2 of 2 worker(s) launched"):
+        ec2.meta.events.register("before-call.ec2.TerminateInstances", second_ctrl_c)
+        raise KeyboardInterrupt
+
+spec = ClusterSpec.from_kwargs(owner="alice@example.com", vm_type="m5.large", n_workers=2, max_hourly_usd=None)
+launch(spec, ["m5.large"], cluster_id, ["203.0.113.7/32"], ec2, progress=first_ctrl_c)
+"""
+
+
+def test_a_second_ctrl_c_during_the_cleanup_still_leaves_nothing_at_exit(sandbox: SandboxServer, ec2: Any,
+                                                                         cluster_id: str, tmp_path) -> None:
+    script = tmp_path / "interrupted.py"
+    script.write_text(INTERRUPTED_TWICE)
+    done = subprocess.run([sys.executable, str(script), cluster_id, REGION], capture_output=True, text=True,
+                          timeout=120, env=os.environ | {"PYTHONPATH": str(Path(__file__).parents[2])})
+    assert done.returncode != 0 and "KeyboardInterrupt" in done.stderr
+    assert f"cleaning up the interrupted launch of {cluster_id}" in done.stderr
+    assert _alive(ec2, cluster_id) == [] and _groups(ec2, cluster_id) == []
+
+
+def _orphan_group(ec2: Any, cluster_id: str, owner: str, launched: str) -> str:
+    """A security group as a launch tags it, for a cluster with no instance left."""
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    tags = [{"Key": "guard:managed", "Value": "true"}, {"Key": "owner", "Value": owner},
+            {"Key": "vmguard:cluster", "Value": cluster_id}, {"Key": "vmguard:launched", "Value": launched}]
+    return ec2.create_security_group(GroupName=f"vmguard-{cluster_id}", Description="vmguard cluster", VpcId=vpc,
+                                     TagSpecifications=[{"ResourceType": "security-group", "Tags": tags}])["GroupId"]
+
+
+def test_the_next_launch_deletes_groups_of_clusters_that_ended_on_their_own(ec2: Any, cluster_id: str) -> None:
+    owner = "alice@example.com"
+    old, young = "2026-01-01T00:00:00Z", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    ended = _orphan_group(ec2, f"{cluster_id}e", owner, old)
+    starting = _orphan_group(ec2, f"{cluster_id}s", owner, young)  # maybe a launch under way elsewhere
+    someone_elses = _orphan_group(ec2, f"{cluster_id}o", "bob@example.com", old)
+    running = launch(_spec(vm_type="m5.large", n_workers=1), ["m5.large"], f"{cluster_id}r", CLIENT_CIDRS, ec2)
+    try:  # a running cluster's group, however old, is kept
+        ec2.create_tags(Resources=[running.security_group_id], Tags=[{"Key": "vmguard:launched", "Value": old}])
+
+        launched = launch(_spec(vm_type="m5.large", n_workers=1), ["m5.large"], cluster_id, CLIENT_CIDRS, ec2)
+
+        teardown(ec2, launched)
+        left = {g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]}
+        assert ended not in left
+        assert {starting, someone_elses, running.security_group_id} <= left
+    finally:
+        teardown(ec2, running)
+        for group in (starting, someone_elses):
+            ec2.delete_security_group(GroupId=group)
 
 
 # -- scale: last, it leaves 1,000 instances behind until the reset ---------------------------------------------------

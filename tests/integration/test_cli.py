@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,44 @@ def test_demo_once_table(tmp_path: Path, columns: str) -> None:
     assert "Total waste: $" in result.stdout and "/month" in result.stdout
     assert "…" not in result.stdout  # resource ids are never cut short, even on a narrow terminal
     assert max(len(line) for line in result.stdout.splitlines()) <= int(columns)
+
+
+SDK_ENV_CHECK = """
+set -e
+source "$1"
+"$2" - <<'PY'
+import os, boto3, httpx
+regions = boto3.client("ec2", region_name="us-east-1").describe_regions()["Regions"]
+headers = {"Authorization": f"Bearer {os.environ['VMGUARD_TOKEN']}"}
+clusters = httpx.get(f"{os.environ['VMGUARD_DAEMON_URL']}/v1/clusters", headers=headers)
+print(len(regions), clusters.status_code, os.environ["VMGUARD_OWNER"])
+PY
+"""
+
+
+def test_demo_writes_the_sdk_environment_while_it_serves_and_removes_it_on_ctrl_c(tmp_path: Path,
+                                                                                  free_port: int) -> None:
+    env_file = tmp_path / "sandbox.env"
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GUARD_", "AWS_", "VMGUARD_"))}
+    demo = subprocess.Popen([sys.executable, "-m", "guard", "demo", "--listen", f"127.0.0.1:{free_port}",
+                             "--sdk-env", str(env_file)], env=base, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not env_file.exists():
+            assert demo.poll() is None, demo.stderr.read()
+            assert time.monotonic() < deadline, "guard demo wrote no SDK environment"
+            time.sleep(0.5)
+        time.sleep(0.5)  # written whole right after it was created
+        assert env_file.stat().st_mode & 0o777 == 0o600  # it holds an API token
+        text = env_file.read_text()
+        assert f"export VMGUARD_DAEMON_URL=http://127.0.0.1:{free_port}\n" in text
+        checked = subprocess.run(["bash", "-c", SDK_ENV_CHECK, "check", str(env_file), sys.executable], env=base, cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=60)
+        assert checked.returncode == 0, checked.stderr
+        regions, status, owner = checked.stdout.split()
+        assert int(regions) > 10 and status == "200" and owner  # the emulator answers, the token is the owner's
+    finally:
+        demo.send_signal(signal.SIGINT)
+        demo.wait(timeout=60)
+    assert not env_file.exists()

@@ -110,6 +110,10 @@ class PriceCatalog:
             return self._types.get(instance_type)
         return self._rows.get((instance_type, region))
 
+    def types_in(self, region: str) -> list[InstanceTypeInfo]:
+        """Every type the catalog prices in a region."""
+        return [info for (_, row_region), info in self._rows.items() if row_region == region]
+
     def hourly_usd(self, instance_type: str, region: str) -> float | None:
         """On-demand Linux USD per hour, or None when the type or region is not in the catalog."""
         info = self._rows.get((instance_type, region))

@@ -8,6 +8,8 @@
     score(3)                     # runs remotely, blocks
     list(score.map(range(100)))  # fan-out, results in order
 
+    sdk.price_table(cpu=4, memory="16GiB", regions=["us-east-1", "eu-west-1"])  # what to try, and its price
+
 Names are imported on first use, so the on-VM agent (``python -m sdk.vm``) does not load the launch machinery.
 """
 
@@ -20,10 +22,12 @@ if TYPE_CHECKING:
     from sdk.cluster import Cluster
     from sdk.errors import SdkError
     from sdk.function import Function, function
+    from sdk.prices import PriceTable, price_table
 
-__all__ = ["Cluster", "Function", "SdkError", "function"]
+__all__ = ["Cluster", "Function", "PriceTable", "SdkError", "function", "price_table"]
 
-_HOME = {"Cluster": "sdk.cluster", "Function": "sdk.function", "function": "sdk.function", "SdkError": "sdk.errors"}
+_HOME = {"Cluster": "sdk.cluster", "Function": "sdk.function", "function": "sdk.function", "SdkError": "sdk.errors",
+         "price_table": "sdk.prices", "PriceTable": "sdk.prices"}
 
 
 def __getattr__(name: str) -> Any:

@@ -10,6 +10,7 @@ import secrets
 import socket
 import threading
 import time
+import warnings
 from typing import Any
 
 import boto3
@@ -19,12 +20,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from guard.wire import ClusterRegistration, Heartbeat
-from sdk.cost import check_cap, estimate_cost
+from sdk.cost import VerboseLogging, check_cap, debug_logging_warning, estimate_cost
 from sdk.daemon_client import DaemonClient
 from sdk.errors import SdkError
 from sdk.launch import Launched, launch, teardown
 from sdk.network import client_cidrs
-from sdk.spec import ClusterSpec
+from sdk.spec import ClusterSpec, client_log_level
 from sdk.types import resolve_instance_types
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,10 @@ class Cluster:
         self.console.print(f"vmguard: {self.spec.n_workers} worker(s) + 1 scheduler of {self.instance_types[0]} in "
                            f"{self.spec.region}: about {self.estimate}", highlight=False)
         check_cap(self.estimate, self.spec.max_hourly_usd)
+        verbose = debug_logging_warning(self.spec, client_log_level())
+        if verbose:
+            self.console.print(f"vmguard: warning: {verbose}", highlight=False)
+            warnings.warn(verbose, VerboseLogging, stacklevel=2)
 
         endpoint = self._ec2.meta.endpoint_url
         self.launched: Launched = self._launch(client_cidrs(self.spec.allow_ingress_from, endpoint))

@@ -16,12 +16,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from guard.pricing import PUBLIC_IPV4_USD_PER_HOUR, PriceCatalog, default_catalog
+from guard.pricing import GB, LOGS_INGEST_USD_PER_GB, PUBLIC_IPV4_USD_PER_HOUR, PriceCatalog, default_catalog
 from sdk.errors import SdkError
 from sdk.spec import MAX_HOURLY_ENV, ClusterSpec
 
 HOURS_PER_DAY = 24
 ROOT_VOLUME_TYPE = "gp3"
+DEBUG_BYTES_PER_VM_HOUR = 85_000_000
+"""What one Dask process logs an hour at DEBUG while working: measured on a 2-worker cluster running about 100
+small tasks a second (85 MB/hour per process; 6 MB/hour idle). Busier clusters log more."""
+DEBUG_WARN_VMS = 10
+"""Clusters of more VMs than this get the DEBUG-logging warning before launch."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,24 @@ def check_cap(estimate: CostEstimate, max_hourly_usd: float | None) -> None:
         raise SdkError(f"this cluster {would} {_usd(figure)}/hour ({_usd(figure * HOURS_PER_DAY)}/day), above "
                        f"max_hourly_usd={max_hourly_usd:g}; pass max_hourly_usd={allow:g} or set "
                        f"{MAX_HOURLY_ENV}={allow:g} to allow it")
+
+
+class VerboseLogging(UserWarning):
+    """A cluster is about to log at DEBUG on many VMs (see ``debug_logging_warning``)."""
+
+
+def debug_logging_warning(spec: ClusterSpec, client_level: str) -> str | None:
+    """A warning when a cluster of more than ``DEBUG_WARN_VMS`` VMs will log at DEBUG: what that costs in
+    CloudWatch Logs ingestion per hour, and how to avoid it; None otherwise."""
+    vms = 1 + spec.n_workers
+    if spec.log_level != "DEBUG" or vms <= DEBUG_WARN_VMS:
+        return None
+    gb_per_hour = vms * DEBUG_BYTES_PER_VM_HOUR / GB
+    why = "your Dask logger is at DEBUG, so the cluster logs at DEBUG too" if client_level == "DEBUG" else \
+        "log_level='DEBUG'"
+    return (f"{why}: {vms} VMs log about {gb_per_hour:,.1f} GB/hour, {_usd(gb_per_hour * LOGS_INGEST_USD_PER_GB)}/hour "
+            f"({_usd(gb_per_hour * LOGS_INGEST_USD_PER_GB * HOURS_PER_DAY)}/day) if CloudWatch Logs ingests them; "
+            "pass log_level='INFO' unless you need DEBUG on every VM")
 
 
 def _round_up(value: float) -> float:

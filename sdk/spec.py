@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import getpass
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -153,6 +154,17 @@ def _seconds(value: timedelta | None) -> int | None:
     return None if value is None else math.ceil(value.total_seconds())
 
 
+def client_log_level() -> str:
+    """The level this process logs Dask's ``distributed`` messages at (Dask's config, else the root logger's)."""
+    import distributed  # noqa: F401 - importing it applies Dask's logging config (``distributed: info``)
+
+    level = logging.getLogger("distributed").getEffectiveLevel()
+    for name in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        if level <= logging.getLevelName(name):
+            return name
+    return "CRITICAL"
+
+
 class ClusterSpec(BaseModel):
     """A cluster to launch: instance type(s), size, lifetime guards, cost cap, network and tags. Immutable."""
 
@@ -177,7 +189,8 @@ class ClusterSpec(BaseModel):
     allow_ingress_from: list[str] | None = Field(None, description="CIDRs that may reach the scheduler; None: mine")
     daemon_url: str | None = Field(default_factory=lambda: os.environ.get(DAEMON_URL_ENV) or None)
     token: str | None = Field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None, repr=False, exclude=True)
-    log_level: LogLevel = "INFO"
+    log_level: LogLevel = Field(default_factory=lambda: client_log_level(),
+                                description="the VMs' log level; by default the client's own Dask log level")
 
     # -- construction -----------------------------------------------------------------------------------------
 

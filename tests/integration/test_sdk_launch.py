@@ -431,3 +431,20 @@ def test_a_thousand_workers_launch_in_two_calls_and_tear_down(sandbox: SandboxSe
         assert _groups(ec2, cluster_id) == []
     finally:
         sandbox.reset()  # 1,000 terminated instances slow every later describe in this emulator
+
+
+def test_debug_logging_at_scale_warns_with_its_price_before_launch(sandbox: SandboxServer, ec2: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import sdk
+    from sdk.cost import VerboseLogging
+
+    monkeypatch.delenv("VMGUARD_DAEMON_URL", raising=False)
+    sandbox.clear_requests()
+    with pytest.warns(VerboseLogging, match=r"11 VMs log about 0\.9 GB/hour, \$0\.47/hour"), \
+            pytest.raises(SdkError, match="did not answer within 10s"):  # no VM runs here: nothing boots
+        sdk.Cluster(vm_type="m5.large", region=REGION, n_workers=10, log_level="DEBUG", boot_timeout="10s",
+                    owner="alice@example.com", max_hourly_usd=None, allow_ingress_from=CLIENT_CIDRS)
+    launched = [r for r in sandbox.requests() if r.operation == "RunInstances"]
+    assert launched  # the warning came before launching, and the launch went ahead as asked
+    cluster_ids = {v for r in launched for k, v in r.params.items() if k.endswith("Value") and v.startswith("vmg-")}
+    assert all(_alive(ec2, cluster_id) == [] for cluster_id in cluster_ids)

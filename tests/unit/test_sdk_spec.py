@@ -261,3 +261,31 @@ def test_instance_type_reads_the_describe_instance_types_shape() -> None:
     both = InstanceType.from_api({"InstanceType": "t2.micro", "ProcessorInfo": {"SupportedArchitectures":
                                                                                 ["i386", "x86_64"]}})
     assert both.arch == "x86_64" and both.gpus == 0
+
+
+# -- log level: the client's by default, and what DEBUG at scale would cost ---------------------------------------
+
+
+def test_the_vms_log_at_the_clients_dask_level_by_default() -> None:
+    import logging
+
+    logger = logging.getLogger("distributed")
+    before = logger.level
+    try:
+        assert spec().log_level == "INFO"  # Dask's own default for distributed
+        logger.setLevel(logging.DEBUG)
+        assert spec().log_level == "DEBUG" and spec(log_level="INFO").log_level == "INFO"
+    finally:
+        logger.setLevel(before)
+
+
+def test_debug_logging_at_scale_is_priced_before_launch() -> None:
+    from sdk.cost import DEBUG_BYTES_PER_VM_HOUR, DEBUG_WARN_VMS, debug_logging_warning
+
+    assert debug_logging_warning(spec(n_workers=500, log_level="INFO"), "DEBUG") is None
+    assert debug_logging_warning(spec(n_workers=DEBUG_WARN_VMS - 1, log_level="DEBUG"), "DEBUG") is None
+    warning = debug_logging_warning(spec(n_workers=999, log_level="DEBUG"), "DEBUG")
+    gb = 1000 * DEBUG_BYTES_PER_VM_HOUR / 1e9
+    assert warning.startswith("your Dask logger is at DEBUG, so the cluster logs at DEBUG too: 1000 VMs")
+    assert f"{gb:,.1f} GB/hour, ${gb * 0.5:,.2f}/hour" in warning and "log_level='INFO'" in warning
+    assert debug_logging_warning(spec(n_workers=999, log_level="DEBUG"), "INFO").startswith("log_level='DEBUG': ")

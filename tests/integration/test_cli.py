@@ -139,8 +139,8 @@ def test_demo_writes_the_sdk_environment_while_it_serves_and_removes_it_on_ctrl_
         assert env_file.stat().st_mode & 0o777 == 0o600  # it holds an API token
         text = env_file.read_text()
         assert f"export VMGUARD_DAEMON_URL=http://127.0.0.1:{free_port}\n" in text
-        checked = subprocess.run(["bash", "-c", SDK_ENV_CHECK, "check", str(env_file), sys.executable], env=base, cwd=tmp_path,
-                                 capture_output=True, text=True, timeout=60)
+        checked = subprocess.run(["bash", "-c", SDK_ENV_CHECK, "check", str(env_file), sys.executable], env=base,
+                                 cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert checked.returncode == 0, checked.stderr
         regions, status, owner = checked.stdout.split()
         assert int(regions) > 10 and status == "200" and owner  # the emulator answers, the token is the owner's

@@ -23,11 +23,13 @@ test: $(STAMP) deb-deps
 	$(BIN)/ruff check guard rules tests
 	$(BIN)/pytest -q --numprocesses auto --maxprocesses 4
 
-# Debian packages the tests use: the real Prometheus server (and promtool), and a PostgreSQL server.
-DEB_PACKAGES := prometheus postgresql
+# Debian packages the tests use: the real Prometheus server (and promtool), Alertmanager's amtool (the example
+# route), and a PostgreSQL server.
+DEB_PACKAGES := prometheus prometheus-alertmanager postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deb-deps:
-	@if ! command -v prometheus >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	@if ! command -v prometheus >/dev/null || ! command -v amtool >/dev/null || \
+	    ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing Debian packages: $(DEB_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \

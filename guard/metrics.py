@@ -1,9 +1,10 @@
 """Prometheus exposition: findings, waste and spend rendered from the store at scrape time, plus scan health.
 
 Labels are bounded (rule, region, owner, severity, instance_type, collector, service, operation) — never a
-resource id, with one exception: ``guard_cluster_hourly_usd`` carries the cluster id of each *running* registered
-cluster (bounded by the clusters alive at once; a closed or terminated cluster's series ends). Money is in USD;
-rates per hour carry ``_hourly_usd``.
+resource id, with one exception: the per-cluster series (``guard_cluster_hourly_usd``,
+``guard_cluster_expiry_timestamp_seconds``, ``guard_cluster_last_heartbeat_timestamp_seconds``) carry the cluster id
+of each registered cluster not yet closed or terminated (bounded by the clusters alive at once; a closed or
+terminated cluster's series end). Money is in USD; rates per hour carry ``_hourly_usd``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from prometheus_client.registry import Collector
 
 from guard.actions.runner import ActionReport
 from guard.aws import CallCounter
-from guard.clusters import ClusterRegistry
+from guard.clusters import EXPIRED, RUNNING, TERMINATING, ClusterRegistry
 from guard.engine import ScanReport
 from guard.store import Store
 
@@ -92,7 +93,20 @@ class _StoreCollector(Collector):
                                     labels=["owner"])
         for owner, count in sorted(self.clusters.heartbeats_by_owner().items()):
             beats.add_metric([owner], count)
-        yield from (states, cost, beats)
+        expiry = GaugeMetricFamily(
+            "guard_cluster_expiry_timestamp_seconds",
+            "When each registered cluster not yet closed or terminated reaches (or reached) its limit: keepalive, "
+            "idle timeout or max lifetime, as the limit label says (Unix time).",
+            labels=["owner", "cluster", "state", "limit"])
+        heartbeat = GaugeMetricFamily("guard_cluster_last_heartbeat_timestamp_seconds",
+                                      "Last heartbeat of each registered cluster not yet closed or terminated "
+                                      "(Unix time).", labels=["owner", "cluster"])
+        for row in sorted(self.clusters.clusters(states=(RUNNING, EXPIRED, TERMINATING)),
+                          key=lambda row: (row.owner, row.cluster_id)):
+            deadline, limit = row.deadline()
+            expiry.add_metric([row.owner, row.cluster_id, row.state, limit], deadline.timestamp())
+            heartbeat.add_metric([row.owner, row.cluster_id], row.last_heartbeat.timestamp())
+        yield from (states, cost, beats, expiry, heartbeat)
 
     def _scan_health(self):
         running = GaugeMetricFamily("guard_running_hourly_usd", "What running instances cost now, USD per hour.",

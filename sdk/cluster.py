@@ -27,6 +27,7 @@ from sdk.launch import Launched, launch, teardown
 from sdk.network import client_cidrs
 from sdk.spec import ClusterSpec, client_log_level
 from sdk.types import resolve_instance_types
+from sdk.usage import ClusterUsage
 
 log = logging.getLogger(__name__)
 
@@ -176,14 +177,14 @@ class Cluster:
     def _heartbeat(self) -> None:
         """Tell the daemon (if any) this cluster is wanted, and what it is doing, until it closes."""
         interval = min(max(self.spec.keepalive.total_seconds() / 4, 5.0), 60.0)
+        usage = ClusterUsage(timeout=min(interval / 2, 10.0))  # counts not delivered yet go with the next beat
         while not self._stop_beating.wait(interval):
             if self._daemon is None or self._client is None or self._client.status not in ("running", "connecting"):
                 continue  # a client that lost its cluster must not keep it alive in the daemon's eyes
             try:
-                processing = self._client.processing()
-                beat = Heartbeat(tasks_processing=sum(len(tasks) for tasks in processing.values()),
-                                 workers=len(processing))
-                self._daemon.heartbeat(self.cluster_id, beat)
+                usage.gather(self._client)  # what the scheduler and every worker counted (S3, logs, tasks done)
+                if self._daemon.heartbeat(self.cluster_id, Heartbeat(**usage.beat_fields())):
+                    usage.delivered()
             except Exception:  # a missed beat is retried at the next one; the thread must not die
                 log.debug("heartbeat of %s failed", self.cluster_id, exc_info=True)
 

@@ -10,6 +10,9 @@ The EC2 user-data starts it (and powers the VM off when it exits); the sandbox r
 - worker: it closes when its scheduler goes away, or when it found none within ``scheduler_wait_seconds``;
 - both: ``max_lifetime_seconds`` after the start, and on SIGTERM/SIGINT.
 
+The agent counts what its process does for the SDK's heartbeats (``sdk.usage``): S3 requests, log volume by level,
+and, on the scheduler, tasks finished.
+
 A normal close exits 0; a bad config or command line 2; a server that could not start (a worker that never
 reached its scheduler, an address in use) 1. A close that
 hangs (a task that will not stop, say) is cut short ``CLOSE_GRACE_SECONDS`` later by a hard exit.
@@ -29,6 +32,8 @@ import time
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
+from sdk import usage
+
 if TYPE_CHECKING:
     from distributed import Scheduler, Worker
     from distributed.core import Server
@@ -44,6 +49,7 @@ STALE_CLIENT_SECONDS = 60.0
 laptop that vanished without closing its connection must not keep the cluster alive."""
 
 EXIT_OK, EXIT_NOT_STARTED, EXIT_USAGE, EXIT_FORCED = 0, 1, 2, 3
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 _FIRE_AND_FORGET = "fire-and-forget"
 """The client the scheduler always has, for ``fire_and_forget`` futures: not a connected client."""
@@ -192,7 +198,7 @@ def _scheduler(config: VmConfig, host: str) -> Scheduler:
     # The HTTP server (health, metrics; the dashboard when bokeh is installed) binds to this VM's address only.
     return Scheduler(host=host, port=config.scheduler_port, dashboard_address=dashboard,
                      dashboard=config.dashboard_port is not None, idle_timeout=config.idle_timeout_seconds,
-                     plugins=[keepalive_plugin(config.keepalive_seconds)])
+                     plugins=[keepalive_plugin(config.keepalive_seconds), usage.task_counter()])
 
 
 def _worker(config: VmConfig, host: str, scheduler_address: str) -> Worker:
@@ -279,11 +285,16 @@ async def run(config: VmConfig, host: str, scheduler_address: str | None = None)
 
 
 def _configure_logging(level: str) -> None:
+    """The process logs at ``level`` to stderr; the usage meter counts what it writes from then on."""
     number = logging.getLevelName(level.upper())
-    logging.basicConfig(level=number, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=number, stream=sys.stderr, format=LOG_FORMAT, force=True)
+    # Dask's import sets its loggers' levels (ours must come after) and, finding the root's handler, adds none of
+    # its own: its records are written (and counted) like every other
+    import distributed  # noqa: F401
+
     logging.getLogger("sdk").setLevel(number)
     logging.getLogger("distributed").setLevel(number)
+    usage.install()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 
 from guard.aws import Aws
 from guard.engine import Scanner
@@ -72,3 +84,105 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+# -- the daemon ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def no_guard_environment() -> Iterator[None]:
+    """For a whole module: no GUARD_* variable of the environment reaches the settings its tests load."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [name for name in os.environ if name.startswith("GUARD_")]:
+            patch.delenv(name)
+        yield
+
+
+@contextmanager
+def _served(app: Any) -> Iterator[str]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the HTTP server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def serve() -> Callable[[Any], AbstractContextManager[str]]:
+    """``with serve(daemon.app) as base_url:`` the daemon's HTTP app on a free loopback port, served by uvicorn as
+    `guard run` serves it (scans are driven by the test)."""
+    return _served
+
+
+@pytest.fixture
+def guard_run(sandbox: SandboxServer, tmp_path: Path, free_port: int) -> Iterator[Callable[..., str]]:
+    """``guard_run(GUARD_API_TOKEN=…, …)``: `guard run` as a real process against the sandbox, with a SQLite file in
+    the test's directory, listening on a free port; its base URL once /healthz answers. Stopped with SIGTERM after
+    the test, it must exit 0 without a traceback in its log (``guard.log`` in the test's directory)."""
+    log = tmp_path / "guard.log"
+    started: list[subprocess.Popen] = []
+
+    def start(**environment: str) -> str:
+        assert not started, "one daemon per test"
+        env = os.environ | sandbox.env | {"GUARD_DATABASE_URL": f"sqlite:///{tmp_path / 'guard.db'}",
+                                          "GUARD_LISTEN": f"127.0.0.1:{free_port}"} | environment
+        env.pop("GUARD_CONFIG", None)
+        with log.open("w") as out:
+            started.append(subprocess.Popen([sys.executable, "-m", "guard", "run"], env=env, stdout=out, stderr=out,
+                                            cwd=tmp_path))
+        url = f"http://127.0.0.1:{free_port}"
+        deadline = time.monotonic() + 30
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    return url
+            except httpx.HTTPError as exc:
+                last = exc
+            time.sleep(0.25)
+        raise AssertionError(f"timed out after 30s waiting for the daemon's /healthz (last: {last!r})")
+
+    yield start
+    for process in started:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+        output = log.read_text()
+        assert code == 0 and "Traceback" not in output, output
+
+
+# -- webhooks --------------------------------------------------------------------------------------------------------
+
+class _WebhookReceiver(http.server.BaseHTTPRequestHandler):
+    bodies: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 — the name http.server dispatches to
+        self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def webhook() -> Iterator[tuple[str, list[dict]]]:
+    """A real webhook endpoint on loopback that answers 200: (its URL, which carries a secret in its path like a
+    Slack webhook's, and the JSON bodies it received)."""
+    bodies: list[dict] = []
+    handler = type("Receiver", (_WebhookReceiver,), {"bodies": bodies})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/secret-token-part", bodies
+    server.shutdown()
+    server.server_close()

@@ -3,12 +3,10 @@ what dry-run and observe mode do, each safety gate, and how intents left by a cr
 
 from __future__ import annotations
 
-import http.server
 import json
 import random
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -597,29 +595,6 @@ def test_circuit_breaker(account: str, make: Make) -> None:
     assert {instance_state(account, i) for i in stoppable} == {"stopped"}
     assert {instance_state(account, i) for i in refusing} == {"running"}
     assert mutations(scanner) == {"ec2:StopInstances": 5}
-
-
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    bodies: list[dict] = []
-
-    def do_POST(self) -> None:  # noqa: N802 — the name http.server dispatches to
-        self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict]]]:
-    bodies: list[dict] = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Receiver", (_Receiver,), {"bodies": bodies}))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", bodies
-    server.shutdown()
 
 
 def test_an_action_waits_for_its_finding_to_be_announced(account: str, make: Make, registry,

@@ -9,20 +9,17 @@ import json
 import os
 import queue
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -50,47 +47,15 @@ ACTIONS = {
 GATES = {"allowed_accounts": ACCOUNT, "min_resource_age": "0s", "max_actions_per_cycle": 100,
          "max_actions_per_hour": 1000}
 runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("no_guard_environment")  # the settings are the tests' alone
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module", autouse=True)
-def _no_guard_environment() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        for name in [name for name in os.environ if name.startswith("GUARD_")]:
-            patch.delenv(name)
-        yield
-
 
 def _settings(registry: Registry, database_url: str, **overrides: Any) -> Settings:
     values = {"regions": [REGION], "database_url": database_url, "metrics_refresh": "0s", "api_token": TOKEN,
               "rules": ACTIONS} | overrides
     return load_settings(registry, **values)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def served(daemon: Daemon) -> Iterator[str]:
-    """The daemon's HTTP app on a free loopback port, as `guard run` serves it (scans are driven by the test)."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(daemon.app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the HTTP server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
 
 
 def settle(timeout: float = 30) -> None:
@@ -219,15 +184,15 @@ class TestCli:
 # --- the HTTP API ----------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="class")
-def api(account: GroundTruth, registry: Registry,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Daemon]]:
+def api(account: GroundTruth, registry: Registry, tmp_path_factory: pytest.TempPathFactory,
+        serve) -> Iterator[tuple[str, Daemon]]:
     """A dry-run daemon that scanned both regions once, serving its API."""
     url = f"sqlite:///{tmp_path_factory.mktemp('api') / 'guard.db'}"
     daemon = Daemon(_settings(registry, url, mode="dry-run", regions=[REGION, "us-west-2"], **GATES), registry)
     try:
         for region in daemon.settings.regions:
             assert daemon.scanner.scan(region).status == "ok"
-        with served(daemon) as base:
+        with serve(daemon.app) as base:
             yield base, daemon
     finally:
         daemon.shutdown()
@@ -343,7 +308,7 @@ def action_counts(base: str) -> Counter:
 
 
 def test_metrics_count_each_decision_once_and_match_the_audit_trail(account: GroundTruth, make_settings,
-                                                                    registry: Registry) -> None:
+                                                                    registry: Registry, serve) -> None:
     region = "us-west-2"  # the shared account's other region: the API test acted in us-east-1
     volumes = sum(1 for key in account.expected("detached-volumes") if key[1] == region)
     held_back = Counter({("detached-volumes", "snapshot-then-delete", "skipped-unmanaged"): volumes})
@@ -352,7 +317,7 @@ def test_metrics_count_each_decision_once_and_match_the_audit_trail(account: Gro
     dry = Daemon(make_settings(mode="dry-run", regions=[region], api_token=TOKEN, rules=ACTIONS, **GATES), registry)
     audit = dry.scanner.actuator.audit
     try:
-        with served(dry) as base:
+        with serve(dry.app) as base:
             dry.scanner.scan(region)
             planned = Counter((row.rule, row.action, PLANNED) for row in audit.actions())
             assert sum(planned.values()) > 1
@@ -368,7 +333,7 @@ def test_metrics_count_each_decision_once_and_match_the_audit_trail(account: Gro
     enforce = Daemon(make_settings(mode="enforce", regions=[region], api_token=TOKEN, rules=ACTIONS, **GATES),
                      registry)
     try:
-        with served(enforce) as base:
+        with serve(enforce.app) as base:
             enforce.scanner.scan(region)
             enforce.scanner.scan(region)
             counts = action_counts(base)

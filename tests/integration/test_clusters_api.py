@@ -4,17 +4,12 @@ register → heartbeat → close, and the cluster metrics."""
 
 from __future__ import annotations
 
-import os
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
 from guard.daemon import Daemon
@@ -39,31 +34,17 @@ def registration(cluster_id: str, owner: str = "alice", **changes: Any) -> dict[
 
 
 @pytest.fixture(scope="module")
-def api(sandbox: SandboxServer, registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
-    with pytest.MonkeyPatch.context() as patch:
-        for name in [name for name in os.environ if name.startswith("GUARD_")]:
-            patch.delenv(name)
-        url = f"sqlite:///{tmp_path_factory.mktemp('clusters') / 'guard.db'}"
-        settings = load_settings(registry, regions=[REGION], database_url=url, api_token=ADMIN,
-                                 api_tokens=f"alice={ALICE}, bob={BOB}")
-        daemon = Daemon(settings, registry)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(daemon.app, host="127.0.0.1", port=port, log_level="warning",
-                                               access_log=False))
-        thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-        thread.start()
-        deadline = time.monotonic() + 15
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "the HTTP server did not start"
-            time.sleep(0.02)
-        try:
-            yield f"http://127.0.0.1:{port}", daemon
-        finally:
-            server.should_exit = True
-            thread.join(timeout=15)
-            daemon.shutdown()
+def api(sandbox: SandboxServer, registry: Registry, tmp_path_factory: pytest.TempPathFactory, no_guard_environment,
+        serve) -> Iterator[tuple]:
+    url = f"sqlite:///{tmp_path_factory.mktemp('clusters') / 'guard.db'}"
+    settings = load_settings(registry, regions=[REGION], database_url=url, api_token=ADMIN,
+                             api_tokens=f"alice={ALICE}, bob={BOB}")
+    daemon = Daemon(settings, registry)
+    try:
+        with serve(daemon.app) as base:
+            yield base, daemon
+    finally:
+        daemon.shutdown()
 
 
 def post(base: str, path: str, who: str | None, **kwargs: Any) -> httpx.Response:

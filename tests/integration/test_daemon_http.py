@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from guard.rule import discover_rules
-from guard.sandbox import GroundTruth, SandboxServer
+from guard.sandbox import GroundTruth
 
 TOKEN = "test-token-0123456789"
 REQUIRED_METRICS = {
@@ -42,29 +38,8 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 @pytest.fixture
-def daemon(team_account: GroundTruth, sandbox: SandboxServer, tmp_path: Path, free_port: int) -> Iterator[str]:
-    env = os.environ | sandbox.env | {
-        "GUARD_REGIONS": "us-east-1,us-west-2",
-        "GUARD_DATABASE_URL": f"sqlite:///{tmp_path / 'guard.db'}",
-        "GUARD_LISTEN": f"127.0.0.1:{free_port}",
-        "GUARD_API_TOKEN": TOKEN,
-        "GUARD_SCAN_INTERVAL": "5s",
-    }
-    env.pop("GUARD_CONFIG", None)
-    log = (tmp_path / "guard.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "guard", "run"], env=env, stdout=log, stderr=log,
-                               cwd=tmp_path)
-    url = f"http://127.0.0.1:{free_port}"
-    try:
-        wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, 30, "/healthz")
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
-        log.close()
-        output = (tmp_path / "guard.log").read_text()
-        assert code == 0, output
-        assert "Traceback" not in output, output
+def daemon(team_account: GroundTruth, guard_run) -> str:
+    return guard_run(GUARD_REGIONS="us-east-1,us-west-2", GUARD_API_TOKEN=TOKEN, GUARD_SCAN_INTERVAL="5s")
 
 
 def test_api_serves_findings_scans_and_readiness(daemon: str, team_account: GroundTruth) -> None:

@@ -2,40 +2,13 @@
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from guard.daemon import Daemon
 from guard.sandbox import GroundTruth
-
-
-class _Receiver(http.server.BaseHTTPRequestHandler):
-    bodies: list[dict] = []
-
-    def do_POST(self) -> None:  # noqa: N802 — the name http.server dispatches to
-        self.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args) -> None:
-        pass
-
-
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[dict]]]:
-    bodies: list[dict] = []
-    handler = type("Receiver", (_Receiver,), {"bodies": bodies})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/secret-token-part", bodies
-    server.shutdown()
 
 
 def wait_for(bodies: list[dict], count: int, timeout: float = 15) -> None:

@@ -1,5 +1,6 @@
 """The SDK end to end in the sandbox: a decorated function runs on a launched cluster; the daemon (a real `guard run`
-process) sees it, and ends it when the client dies; without a daemon the VMs' own dead-man switch ends it."""
+process) sees it and what it does (S3 requests, log volume, finished tasks, from its heartbeats), and ends it when
+the client dies; without a daemon the VMs' own dead-man switch ends it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,28 +48,10 @@ def runner(sandbox: SandboxServer, tmp_path: Path) -> Iterator[VmRunner]:
 
 
 @pytest.fixture
-def daemon(runner: VmRunner, sandbox: SandboxServer, tmp_path: Path, free_port: int) -> Iterator[str]:
+def daemon(runner: VmRunner, guard_run) -> str:
     """`guard run` in observe mode (keepalive expiry is on by default), checking clusters every second."""
-    env = os.environ | sandbox.env | {
-        "GUARD_REGIONS": REGION, "GUARD_DATABASE_URL": f"sqlite:///{tmp_path / 'guard.db'}",
-        "GUARD_LISTEN": f"127.0.0.1:{free_port}", "GUARD_API_TOKEN": ADMIN_TOKEN,
-        "GUARD_API_TOKENS": f"tester={OWNER_TOKEN}", "GUARD_SCAN_INTERVAL": "60s",
-        "GUARD_KEEPALIVE_CHECK_INTERVAL": "1s",
-    }
-    env.pop("GUARD_CONFIG", None)
-    log = tmp_path / "guard.log"
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "guard", "run"], env=env, stdout=out, stderr=out,
-                                   cwd=tmp_path)
-    url = f"http://127.0.0.1:{free_port}"
-    try:
-        wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, 30, "the daemon's /healthz")
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
-        output = log.read_text()
-        assert code == 0 and "Traceback" not in output, output
+    return guard_run(GUARD_REGIONS=REGION, GUARD_API_TOKEN=ADMIN_TOKEN, GUARD_API_TOKENS=f"tester={OWNER_TOKEN}",
+                     GUARD_SCAN_INTERVAL="60s", GUARD_KEEPALIVE_CHECK_INTERVAL="1s")
 
 
 @pytest.fixture
@@ -123,6 +107,69 @@ def test_a_decorated_function_maps_on_its_cluster_and_the_daemon_sees_it(
     assert instance_states(ids) <= {"shutting-down", "terminated"}
     assert not security_group_exists(cluster.launched.security_group_id)
     wait_for(lambda: clusters(daemon)[cluster.cluster_id]["state"] == "closed", 10, "the daemon to see it closed")
+
+
+def test_the_daemon_sees_the_s3_requests_debug_logs_and_finished_tasks_of_a_cluster(
+        daemon: str, runner: VmRunner, sdk_env: dict[str, str], sandbox: SandboxServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMGUARD_DAEMON_URL", daemon)
+    monkeypatch.setenv("VMGUARD_TOKEN", OWNER_TOKEN)
+    bucket = f"features-{uuid.uuid4().hex[:10]}"
+    sandbox_client(sandbox.endpoint_url, "s3", REGION).create_bucket(Bucket=bucket)
+    aws = {"endpoint_url": sandbox.endpoint_url, "aws_access_key_id": sandbox.env["AWS_ACCESS_KEY_ID"],
+           "aws_secret_access_key": sandbox.env["AWS_SECRET_ACCESS_KEY"]}
+
+    def build_features(bucket: str, aws: dict[str, str]) -> int:
+        """A task that writes, lists and reads S3 and logs at DEBUG (its module's logger was left at DEBUG)."""
+        import logging
+
+        import boto3
+        from botocore.config import Config
+
+        log = logging.getLogger("features")
+        log.setLevel(logging.DEBUG)
+        session = boto3.session.Session(aws_access_key_id=aws["aws_access_key_id"],
+                                        aws_secret_access_key=aws["aws_secret_access_key"], region_name="us-east-1")
+        s3 = session.client("s3", endpoint_url=aws["endpoint_url"], config=Config(s3={"addressing_style": "path"}))
+        for part in range(3):
+            s3.put_object(Bucket=bucket, Key=f"part-{part}", Body=b"x")
+            log.debug("wrote part-%d", part)
+        s3.get_object(Bucket=bucket, Key="part-0")["Body"].read()
+        return s3.list_objects_v2(Bucket=bucket)["KeyCount"]
+
+    with sdk.Cluster(vm_type=VM_TYPE, region=REGION, n_workers=1, keepalive="20s") as cluster:  # a beat every 5 s
+        def mine() -> dict:
+            return clusters(daemon, OWNER_TOKEN)[cluster.cluster_id]
+
+        first = wait_for(lambda: (c := mine())["last_heartbeat"] > c["registered_at"] and c, 15, "a first heartbeat")
+        assert first["last_activity"] == first["registered_at"]  # nothing ran yet: no activity
+        assert cluster.get_client().submit(build_features, bucket, aws, pure=False).result() == 3
+        # the task took well under a beat: the next beat reports it finished (not processing), and what it did;
+        # the daemon counts a finished task as activity
+
+        reports: dict[tuple[str, str], dict] = {}  # every usage report GET /v1/clusters showed, by field and time
+
+        def reported() -> dict | None:
+            seen = mine()
+            for field, report in seen["usage"].items():
+                reports[(field, report["at"])] = report["value"]
+            s3: dict[str, dict[str, int]] = {}
+            debug = 0
+            for (field, _at), value in reports.items():
+                if field == "s3_requests":
+                    for name, by_class in value.items():
+                        for cls, count in by_class.items():
+                            s3.setdefault(name, {})[cls] = s3.get(name, {}).get(cls, 0) + count
+                else:
+                    debug += value.get("debug", 0)
+            done = s3 == {bucket: {"PUT": 3, "GET": 1, "LIST": 1}} and debug and seen["last_activity"] > first[
+                "last_activity"]
+            return seen | {"debug_bytes": debug} if done else None
+
+        seen = wait_for(reported, 20, "the cluster's S3 requests, debug log and finished task", poll=0.1)
+        line = len("2026-01-01 00:00:00,000 DEBUG features: wrote part-0\n")  # the agent's log format
+        assert seen["debug_bytes"] == 3 * line
+        assert first["last_activity"] < seen["last_activity"] <= seen["last_heartbeat"]
 
 
 CLIENT = textwrap.dedent("""

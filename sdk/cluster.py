@@ -56,25 +56,16 @@ class Cluster:
         self.spec = ClusterSpec.from_kwargs(**kwargs)
         self.console = console or Console(stderr=True)
         self.cluster_id = f"vmg-{secrets.token_hex(5)}"
-        self._ec2 = boto3.client("ec2", region_name=self.spec.region, config=_AWS_CONFIG)
         self._client = None
         self._closed = False
         self._torn_down = False
         self._lock = threading.Lock()
         self._stop_beating = threading.Event()
-
-        self.instance_types = resolve_instance_types(self.spec, self._ec2)
-        self.estimate = estimate_cost(self.spec, self.instance_types)
-        self.console.print(f"vmguard: {self.spec.n_workers} worker(s) + 1 scheduler of {self.instance_types[0]} in "
-                           f"{self.spec.region}: about {self.estimate}", highlight=False)
-        check_cap(self.estimate, self.spec.max_hourly_usd)
         verbose = debug_logging_warning(self.spec, client_log_level())
         if verbose:
             self.console.print(f"vmguard: warning: {verbose}", highlight=False)
             warnings.warn(verbose, VerboseLogging, stacklevel=2)
-
-        endpoint = self._ec2.meta.endpoint_url
-        self.launched: Launched = self._launch(client_cidrs(self.spec.allow_ingress_from, endpoint))
+        self.launched: Launched = self._launch_somewhere()
         atexit.register(self.close)
         self._daemon: DaemonClient | None = None
         self._beat: threading.Thread | None = None
@@ -91,6 +82,34 @@ class Cluster:
             raise
 
     # -- launch ---------------------------------------------------------------------------------------------------
+
+    def _launch_somewhere(self) -> Launched:
+        """Launch in ``region``, or — when a region has no capacity (``CapacityError``), does not offer the type, or
+        prices the cluster above its cap — in the next one.
+
+        Each region is priced and capped on its own (prices differ); the spec then names the region it runs in.
+        """
+        regions = self.spec.regions
+        reasons: list[str] = []
+        for region in regions:
+            spec = self.spec if region == self.spec.region else self.spec.model_copy(update={"region": region})
+            ec2 = boto3.client("ec2", region_name=region, config=_AWS_CONFIG)
+            try:
+                types = resolve_instance_types(spec, ec2)
+                estimate = estimate_cost(spec, types)
+                self.console.print(f"vmguard: {spec.n_workers} worker(s) + 1 scheduler of {types[0]} in {region}: "
+                                   f"about {estimate}", highlight=False)
+                check_cap(estimate, spec.max_hourly_usd)
+                self.spec, self._ec2, self.instance_types, self.estimate = spec, ec2, types, estimate
+                return self._launch(client_cidrs(spec.allow_ingress_from, ec2.meta.endpoint_url))
+            except SdkError as exc:
+                if len(regions) == 1:
+                    raise
+                reasons.append(f"{region}: {exc}")
+                if region != regions[-1]:
+                    self.console.print(f"vmguard: {region} cannot take {self.cluster_id} ({exc}); trying the next "
+                                       "region", highlight=False)
+        raise SdkError(f"no region could take {self.cluster_id}: {' | '.join(reasons)}")
 
     def _launch(self, cidrs: list[str]) -> Launched:
         total = self.spec.n_workers + 1

@@ -14,3 +14,7 @@ class SdkError(ValueError):
     def __init__(self, message: str) -> None:
         # One line, always: a message assembled from AWS text could carry a newline.
         super().__init__(" ".join(message.split()))
+
+
+class CapacityError(SdkError):
+    """A launch AWS refused for capacity (or an instance quota) everywhere it tried: another region may have room."""

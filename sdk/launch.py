@@ -46,7 +46,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sdk.bootstrap import DASHBOARD_PORT, SCHEDULER_PORT, user_data, vm_config
-from sdk.errors import SdkError
+from sdk.errors import CapacityError, SdkError
 from sdk.spec import ClusterSpec
 from sdk.types import InstanceType, describe_types
 
@@ -169,7 +169,7 @@ def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, cl
         run.launch_workers(lambda: report(1 + len(run.workers), total,
                                           f"{cluster_id}: {len(run.workers)} of {spec.n_workers} worker(s) launched"))
         if spec.n_workers and not run.workers:
-            raise SdkError(f"could not launch any of the {spec.n_workers} worker(s) of {cluster_id}: "
+            raise CapacityError(f"could not launch any of the {spec.n_workers} worker(s) of {cluster_id}: "
                            f"{'; '.join(run.problems[-2:]) or 'no capacity'}")
         run.refresh_scheduler()
         launched = Launched(cluster_id=cluster_id, region=spec.region, security_group_id=run.security_group_id or "",
@@ -183,7 +183,7 @@ def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, cl
         cleanup = run.abort()
         atexit.unregister(run.last_resort)
         if isinstance(exc, SdkError):
-            raise SdkError(f"{exc}; {cleanup}") from None
+            raise type(exc)(f"{exc}; {cleanup}") from None
         if isinstance(exc, (ClientError, BotoCoreError)):
             raise SdkError(f"launching {cluster_id} failed ({_describe_error(exc)}); {cleanup}") from None
         raise
@@ -396,7 +396,7 @@ class _Run:
                 if instances:
                     self.scheduler, self.scheduler_subnet = instances[0], subnet
                     return
-        raise SdkError(f"could not launch the scheduler of {self.cluster_id} "
+        raise CapacityError(f"could not launch the scheduler of {self.cluster_id} "
                        f"({'; '.join(self.problems[-2:]) or 'no AZ offers the type'})")
 
     def launch_workers(self, launched_some: Callable[[], None]) -> None:

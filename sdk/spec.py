@@ -10,7 +10,8 @@ gets a "did you mean"). Defaults are chosen to be safe and cheap without thinkin
 - ``max_lifetime="24h"``: a hard cap armed on every VM at boot; it cannot be turned off.
 - ``spot_policy="on-demand"``; ``disk_size=50`` (GiB, gp3, encrypted).
 - ``max_hourly_usd``: ``VMGUARD_MAX_HOURLY_USD`` or $10/hour; ``None`` launches without a cost cap.
-- ``region``: ``AWS_DEFAULT_REGION`` (or the AWS config's region), else ``us-east-1``.
+- ``region``: ``AWS_DEFAULT_REGION`` (or the AWS config's region), else ``us-east-1``; a list is tried in order,
+  the next region only when the one before had no capacity (``fallback_regions`` holds the rest).
 - ``owner``: ``VMGUARD_OWNER``, else the OS user name.
 - ``allow_ingress_from=None``: only this machine's own address may reach the scheduler (resolved at launch).
 - ``daemon_url``/``token``: ``VMGUARD_DAEMON_URL``/``VMGUARD_TOKEN``; the token is never shown or serialised.
@@ -175,7 +176,10 @@ class ClusterSpec(BaseModel):
     memory: str | None = Field(None, description="memory per VM, at least this much: '16GiB', '16 GB'")
     gpu: bool | int | None = Field(None, description="NVIDIA GPUs per VM: a count, or True for at least one")
     arm: bool | None = Field(None, description="True: Graviton (arm64); False/None: x86_64")
-    region: str = Field(default_factory=_default_region)
+    region: str = Field(default_factory=_default_region, description="a region, or a list tried in order when "
+                        "capacity runs out")
+    fallback_regions: list[str] = Field(default_factory=list, description="tried in order, each only when the one "
+                                        "before had no capacity (``region=[a, b, c]`` sets it to [b, c])")
     n_workers: int = Field(1, description="workers besides the scheduler")
     keepalive: Duration = Field(timedelta(minutes=20), description="shut down this long after heartbeats stop")
     idle_timeout: Duration | None = Field(timedelta(hours=1), description="shut down when idle this long")
@@ -200,6 +204,11 @@ class ClusterSpec(BaseModel):
         for name in kwargs:
             if name not in cls.model_fields:
                 raise SdkError(_unknown_argument(name, sorted(cls.model_fields)))
+        region = kwargs.get("region")
+        if isinstance(region, (list, tuple)):
+            if not region:
+                raise SdkError("region=[] names no region; pass one like 'us-east-1', or a list of them")
+            kwargs = {**kwargs, "region": region[0], "fallback_regions": list(region[1:])}
         try:
             return cls(**kwargs)
         except ValidationError as exc:
@@ -255,6 +264,18 @@ class ClusterSpec(BaseModel):
         return int(value) or False
 
     # -- where and how long -----------------------------------------------------------------------------------
+
+    @field_validator("fallback_regions", mode="before")
+    @classmethod
+    def _fallback_regions(cls, value: object) -> list[str]:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"fallback_regions must be a list of regions, not {value!r}")
+        return list(dict.fromkeys(cls._region(region) for region in value))
+
+    @property
+    def regions(self) -> list[str]:
+        """Where to launch, in order: ``region``, then the fallbacks."""
+        return list(dict.fromkeys([self.region, *self.fallback_regions]))
 
     @field_validator("region", mode="before")
     @classmethod

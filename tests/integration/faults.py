@@ -97,11 +97,13 @@ class FaultProxy:
 
     def fail(self, action: str, status: int = 500, code: str = "InternalError",
              message: str = "An internal error has occurred", times: int | None = None,
-             forward: bool = False) -> None:
+             forward: bool = False, region: str | None = None) -> None:
         """Answer ``action`` with this error (``times`` requests, or all until cleared); with ``forward`` the
-        emulator carries the request out first and only its answer is lost."""
+        emulator carries the request out first and only its answer is lost; with ``region``, only requests signed
+        for that region."""
         with self._lock:
-            self._faults[action] = _Fault(status=status, code=code, message=message, forward=forward, times=times)
+            key = action if region is None else f"{action}@{region}"
+            self._faults[key] = _Fault(status=status, code=code, message=message, forward=forward, times=times)
 
     def rewrite(self, action: str, pattern: str, replacement: str, times: int | None = None) -> None:
         """Forward ``action`` and replace ``pattern`` (a regular expression) in the answer's body; rewrites of one
@@ -131,17 +133,18 @@ class FaultProxy:
 
     # -- the request path ------------------------------------------------------------------------------------------
 
-    def _take(self, action: str) -> _Fault | None:
+    def _take(self, action: str, region: str | None = None) -> _Fault | None:
         with self._lock:
             self._received[action] += 1
-            fault = self._faults.get(action)
+            key = f"{action}@{region}" if f"{action}@{region}" in self._faults else action
+            fault = self._faults.get(key)
             if fault is None:
                 return None
             self._faulted[action] += 1
             if fault.times is not None:
                 fault.times -= 1
                 if fault.times <= 0:
-                    del self._faults[action]
+                    del self._faults[key]
             return fault
 
     def _forward(self, method: str, path: str, headers: list[tuple[str, str]],
@@ -155,6 +158,10 @@ class FaultProxy:
             return response.status, response.getheaders(), response.read()
         finally:
             connection.close()
+
+
+_CREDENTIAL_SCOPE = re.compile(r"Credential=[^/,]+/\d{8}/([a-z0-9-]+)/")
+"""The region a SigV4 request is signed for: ``Credential=AKID/20260101/us-east-1/ec2/aws4_request``."""
 
 
 def _action(path: str, headers: http.client.HTTPMessage, body: bytes) -> str:
@@ -178,7 +185,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         action = _action(self.path, self.headers, body)
-        fault = self.owner._take(action)
+        scope = _CREDENTIAL_SCOPE.search(self.headers.get("Authorization") or "")
+        fault = self.owner._take(action, scope.group(1) if scope else None)
         headers = [(k, v) for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP]
         if fault is not None and fault.status is not None:
             if fault.forward:

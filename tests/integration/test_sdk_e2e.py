@@ -4,6 +4,7 @@ the client dies; without a daemon the VMs' own dead-man switch ends it."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from faults import FaultProxy
+from rich.console import Console
 
 import sdk
 from guard.sandbox import SandboxServer, VmRunner, sandbox_client
@@ -107,6 +110,33 @@ def test_a_decorated_function_maps_on_its_cluster_and_the_daemon_sees_it(
     assert instance_states(ids) <= {"shutting-down", "terminated"}
     assert not security_group_exists(cluster.launched.security_group_id)
     wait_for(lambda: clusters(daemon)[cluster.cluster_id]["state"] == "closed", 10, "the daemon to see it closed")
+
+
+def test_a_region_without_capacity_fails_over_to_the_next_in_the_list(
+        runner: VmRunner, sdk_env: dict[str, str], sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VMGUARD_DAEMON_URL", raising=False)
+    with FaultProxy(sandbox.endpoint_url) as proxy:
+        proxy.fail("RunInstances", code="InsufficientInstanceCapacity", region=REGION,
+                   message="We currently do not have sufficient m5.large capacity")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", proxy.url)
+        output = io.StringIO()
+        with sdk.Cluster(vm_type=VM_TYPE, region=[REGION, "us-west-2"], n_workers=1, keepalive="2 minutes",
+                         console=Console(file=output, width=200)) as cluster:
+            assert cluster.get_client().submit(lambda: sys.prefix).result()
+            assert cluster.spec.region == "us-west-2"
+            assert cluster.launched.region == "us-west-2"
+        assert proxy.faulted("RunInstances") >= 1  # us-east-1 was asked first, and refused
+    text = output.getvalue()
+    assert f"{REGION} cannot take {cluster.cluster_id}" in text and "InsufficientInstanceCapacity" in text
+    assert "trying the next region" in text and "in us-west-2: about $" in text
+    west = sandbox_client(sandbox.endpoint_url, "ec2", "us-west-2")
+    states = {i["State"]["Name"] for r in west.describe_instances(InstanceIds=cluster.launched.instance_ids)[
+        "Reservations"] for i in r["Instances"]}
+    assert states <= {"shutting-down", "terminated"}
+    east = sandbox_client(sandbox.endpoint_url, "ec2", REGION)
+    assert not east.describe_instances(Filters=[{"Name": "tag:vmguard:cluster", "Values": [cluster.cluster_id]},
+                                                {"Name": "instance-state-name", "Values": ["pending", "running"]}]
+                                       )["Reservations"]  # nothing left behind where the launch failed
 
 
 def test_the_daemon_sees_the_s3_requests_debug_logs_and_finished_tasks_of_a_cluster(

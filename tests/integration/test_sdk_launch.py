@@ -84,9 +84,9 @@ class ScriptedCapacity(FaultProxy):
         super().__init__(target)
         self.script, self.then = list(script), then
 
-    def _take(self, action: str) -> _Fault | None:
+    def _take(self, action: str, region: str | None = None) -> _Fault | None:
         if action != "RunInstances":
-            return super()._take(action)
+            return super()._take(action, region)
         with self._lock:
             self._received[action] += 1
             step = self.script.pop(0) if self.script else self.then

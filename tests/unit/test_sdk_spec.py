@@ -289,3 +289,20 @@ def test_debug_logging_at_scale_is_priced_before_launch() -> None:
     assert warning.startswith("your Dask logger is at DEBUG, so the cluster logs at DEBUG too: 1000 VMs")
     assert f"{gb:,.1f} GB/hour, ${gb * 0.5:,.2f}/hour" in warning and "log_level='INFO'" in warning
     assert debug_logging_warning(spec(n_workers=999, log_level="DEBUG"), "INFO").startswith("log_level='DEBUG': ")
+
+
+def test_a_region_list_is_the_region_then_its_fallbacks_in_order() -> None:
+    s = spec(region=["eu-west-1", "us-east-2", "eu-west-1"])
+    assert s.region == "eu-west-1" and s.fallback_regions == ["us-east-2", "eu-west-1"]
+    assert s.regions == ["eu-west-1", "us-east-2"]
+    assert spec(region="us-west-2").regions == ["us-west-2"]
+
+
+@pytest.mark.parametrize(("region", "message"), [
+    ([], "region=[] names no region"),
+    (["us-east-1", "us-esat-2"], "unknown region 'us-esat-2'; did you mean "),
+])
+def test_bad_region_lists_are_one_line(region: list[str], message: str) -> None:
+    with pytest.raises(SdkError) as raised:
+        spec(region=region)
+    assert message in str(raised.value)

@@ -12,6 +12,15 @@ emulator, and runs the agent for it as a local process bound to that address. So
 - the instance is stopped or terminated, by anyone (or the account is reset) → its process gets SIGTERM, then
   SIGKILL ``KILL_AFTER_SECONDS`` later.
 
+A VM whose config carries an ``environment`` (the client's environment, replicated: see ``sdk.environment``)
+boots like one on EC2: the runner gets the bundle the same way (the presigned URL, or the user-data's inline
+copy), checks its sha256 and installs it with the same function the user-data's steps come from
+(``sdk.environment.install``) into a venv cached by the bundle's hash (``env_dir``; built once, shared by every
+VM of that environment, across runs). The agent then runs from that venv's Python, with none of this process's
+``PYTHONPATH`` or virtualenv: the VM's code is what the environment holds. A VM of another architecture (an
+``m7g``) gets the same pinned versions built for this machine. An install that fails powers the VM off: its
+instance is terminated. Without an ``environment``, the agent runs on this process's interpreter.
+
 A worker's scheduler is the ``--scheduler <host:port>`` of its user-data, whose host is the address the SDK read
 from the emulator: the scheduler's new loopback address, or the address moto gave it at launch if the SDK read it
 before the runner got to the scheduler (the runner maps both); failing that, the scheduler of the same cluster.
@@ -130,6 +139,26 @@ class _Vm:
                          code is None, code, self.log_path)
 
 
+@dataclass
+class _EnvBuild:
+    """One environment's venv, built once in the background for every VM that needs it."""
+
+    hash: str
+    done: threading.Event
+    python: Path | None = None
+    error: str | None = None
+
+
+@dataclass
+class _Booting:
+    """A VM installing its environment: its address is set, its process starts once the venv is ready."""
+
+    item: _Pending
+    ip: str
+    scheduler: str | None
+    build: _EnvBuild
+
+
 @dataclass(frozen=True)
 class _Pending:
     """A vmguard instance found live in the emulator, not started yet."""
@@ -187,14 +216,21 @@ def _set_addresses(instance: Any, ip: str) -> None:
     nic.public_ip = ip
 
 
-def _agent_env() -> dict[str, str]:
+def _agent_env(venv: Path | None = None) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith(_ENV_DROPPED)}
+    env["PYTHONUNBUFFERED"] = "1"
+    if venv is not None:
+        # the replicated environment alone: nothing of this process's interpreter or path
+        for name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONSTARTUP"):
+            env.pop(name, None)
+        env["VIRTUAL_ENV"] = str(venv)
+        env["PATH"] = os.pathsep.join([str(venv / "bin"), *filter(None, [env.get("PATH")])])
+        return env
     # the agent imports ``sdk.vm`` from wherever this process does
     spec = importlib.util.find_spec("sdk.vm")
     if spec is not None and spec.origin:
         root = str(Path(spec.origin).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
@@ -203,12 +239,17 @@ class VmRunner:
 
     ``log_dir``: where each VM's output goes (``<instance id>.log``); a new temporary directory by default.
     ``max_processes``: how many VM processes may be alive at once (see ``MAX_PROCESSES``).
+    ``env_dir``: where the VMs' replicated environments are installed, one venv per bundle hash (default:
+    ``sandbox-venvs`` in vmguard's cache directory, ``$VMGUARD_CACHE_DIR`` or ``~/.cache/vmguard``).
     """
 
     def __init__(self, endpoint_url: str, log_dir: Path | str | None = None, poll_seconds: float = POLL_SECONDS,
-                 max_processes: int = MAX_PROCESSES):
+                 max_processes: int = MAX_PROCESSES, env_dir: Path | str | None = None):
         self.endpoint_url = endpoint_url.rstrip("/")
         self.log_dir = Path(log_dir) if log_dir else None
+        self.env_dir = Path(env_dir) if env_dir else None
+        self._booting: dict[str, _Booting] = {}
+        self._builds: dict[str, _EnvBuild] = {}
         self.poll_seconds = poll_seconds
         self.max_processes = max_processes
         self._lock = threading.Lock()
@@ -229,6 +270,10 @@ class VmRunner:
         if self.log_dir is None:
             self.log_dir = Path(tempfile.mkdtemp(prefix="vmguard-vms-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if self.env_dir is None:
+            from sdk.environment.bundle import cache_dir
+
+            self.env_dir = cache_dir() / "sandbox-venvs"
         self._account_id = sandbox_client(self.endpoint_url, "sts", "us-east-1").get_caller_identity()["Account"]
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="sandbox-vms", daemon=True)
@@ -282,6 +327,7 @@ class VmRunner:
         if instances is None:
             return
         self._start_new(instances)
+        self._boot(instances)
         self._reconcile(instances)
 
     def _instances(self) -> dict[str, tuple[str, Any]] | None:
@@ -300,7 +346,8 @@ class VmRunner:
     def _start_new(self, instances: dict[str, tuple[str, Any]]) -> None:
         pending: list[_Pending] = []
         for instance_id, (region, instance) in instances.items():
-            if instance_id in self._vms or instance_id in self._ignored or instance.state not in _LIVE_STATES:
+            if (instance_id in self._vms or instance_id in self._ignored or instance_id in self._booting
+                    or instance.state not in _LIVE_STATES):
                 continue
             user_data = user_data_text(instance)
             found = vm_config(user_data)
@@ -320,18 +367,21 @@ class VmRunner:
             if host in self._address_of:
                 return f"{self._address_of[host]}:{port}"
         cluster = item.config.get("cluster_id")
-        same_cluster = [vm for vm in self._vms.values()
+        same_cluster = [vm.ip for vm in self._vms.values()
                         if vm.role == "scheduler" and vm.cluster_id == cluster and vm.region == item.region]
+        same_cluster += [b.ip for b in self._booting.values()
+                         if b.item.config.get("role") == "scheduler" and b.item.config.get("cluster_id") == cluster
+                         and b.item.region == item.region]
         if same_cluster:
             port = item.scheduler[1] if item.scheduler else DEFAULT_SCHEDULER_PORT
-            return f"{same_cluster[-1].ip}:{port}"
+            return f"{same_cluster[-1]}:{port}"
         if item.scheduler is not None:
             return f"{item.scheduler[0]}:{item.scheduler[1]}"
         return None
 
     def _launch(self, item: _Pending) -> None:
         instance, config = item.instance, item.config
-        if sum(vm.process.poll() is None for vm in self._vms.values()) >= self.max_processes:
+        if sum(vm.process.poll() is None for vm in self._vms.values()) + len(self._booting) >= self.max_processes:
             log.warning("sandbox VM %s gets no process: %d VM processes are running already (max_processes)",
                         instance.id, self.max_processes)
             self._ignored.add(instance.id)
@@ -356,18 +406,115 @@ class VmRunner:
                 self._address_of[old] = ip
         self._address_of[ip] = ip
         _set_addresses(instance, ip)
-        command = [sys.executable, "-m", "sdk.vm", "--config", item.config_json, "--host", ip]
+        environment = config.get("environment")
+        if isinstance(environment, dict) and environment.get("hash"):
+            build = self._environment(environment, item)
+            self._booting[instance.id] = _Booting(item, ip, scheduler, build)
+            log.info("sandbox VM %s (%s) on %s installs its environment %s first", instance.id, role, ip,
+                     str(environment["hash"])[:12])
+            return
+        self._start_process(item, ip, scheduler, None)
+
+    def _start_process(self, item: _Pending, ip: str, scheduler: str | None, venv_python: Path | None) -> None:
+        instance, config = item.instance, item.config
+        role = str(config.get("role", ""))
+        if venv_python is None:
+            command = [sys.executable, "-m", "sdk.vm", "--config", item.config_json, "--host", ip]
+            venv = None
+        else:
+            from sdk.bootstrap import agent_config
+
+            agent = json.dumps(agent_config(config), sort_keys=True, separators=(",", ":"))
+            command = [str(venv_python), "-m", "sdk.vm", "--config", agent, "--host", ip]
+            venv = venv_python.parent.parent
         if scheduler:
             command += ["--scheduler", scheduler]
         assert self.log_dir is not None
         log_path = self.log_dir / f"{instance.id}.log"
         with log_path.open("ab") as out:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                       cwd=self.log_dir, env=_agent_env(), start_new_session=True)
+                                       cwd=self.log_dir, env=_agent_env(venv), start_new_session=True)
         vm = _Vm(instance.id, item.region, role, str(config.get("cluster_id", "")), ip, process, log_path)
         with self._lock:
             self._vms[instance.id] = vm
         log.info("sandbox VM %s (%s of %s) started on %s, pid %d", instance.id, role, vm.cluster_id, ip, process.pid)
+
+    # replicated environments
+
+    def _environment(self, environment: dict[str, Any], item: _Pending) -> _EnvBuild:
+        """The venv of ``environment``, building (in the background) unless it is built or being built."""
+        digest = str(environment["hash"])
+        build = self._builds.get(digest)
+        if build is not None and not (build.done.is_set() and build.error):
+            return build
+        build = _EnvBuild(digest, threading.Event())
+        self._builds[digest] = build
+        user_data = user_data_text(item.instance)
+        threading.Thread(target=self._build_environment, args=(build, environment, user_data),
+                         name=f"sandbox-env-{digest[:12]}", daemon=True).start()
+        return build
+
+    def _build_environment(self, build: _EnvBuild, environment: dict[str, Any], user_data: str) -> None:
+        import fcntl
+
+        from sdk.bootstrap import read_inline_bundle
+        from sdk.environment.install import install, installed_hash, venv_python
+
+        assert self.env_dir is not None and self.log_dir is not None
+        into = self.env_dir / build.hash[:32]
+        install_log = self.log_dir / f"environment-{build.hash[:12]}.log"
+        try:
+            self.env_dir.mkdir(parents=True, exist_ok=True)
+            with (self.env_dir / f"{build.hash[:32]}.lock").open("w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # another runner (a parallel test process) may build it too
+                if installed_hash(into) == build.hash:
+                    build.python = venv_python(into)
+                    return
+                started = time.monotonic()
+                with tempfile.TemporaryDirectory(prefix="vmguard-vm-bundle-") as tmp:
+                    if environment.get("inline"):
+                        payload = read_inline_bundle(user_data)
+                        if payload is None:
+                            raise ValueError("the config says the bundle is inline, but the user-data has none")
+                        source: str = str(Path(tmp) / "bundle.tar.gz")
+                        Path(source).write_bytes(payload)
+                    else:
+                        source = str(environment.get("url") or "")
+                    build.python = install(source, into, str(environment["python"]), expected_hash=build.hash,
+                                           log=install_log)
+                log.info("sandbox environment %s installed in %.1fs into %s", build.hash[:12],
+                         time.monotonic() - started, into)
+        except Exception as exc:  # noqa: BLE001 - a failed install is a VM that powers itself off
+            build.error = f"installing the environment {build.hash[:12]} failed: {exc}"
+            log.warning("sandbox %s", build.error)
+        finally:
+            build.done.set()
+
+    def _boot(self, instances: dict[str, tuple[str, Any]]) -> None:
+        """Start the booted VMs whose environment is ready; power off those whose install failed."""
+        to_terminate: dict[str, list[str]] = defaultdict(list)
+        for instance_id, booting in list(self._booting.items()):
+            found = instances.get(instance_id)
+            if found is None or found[1].state not in _LIVE_STATES:
+                del self._booting[instance_id]
+                self._ignored.add(instance_id)
+                continue
+            if not booting.build.done.is_set():
+                continue
+            del self._booting[instance_id]
+            if booting.build.error or booting.build.python is None:
+                assert self.log_dir is not None
+                with (self.log_dir / f"{instance_id}.log").open("a") as out:
+                    out.write(f"vmguard: {booting.build.error}; powering off\n")
+                self._ignored.add(instance_id)
+                to_terminate[booting.item.region].append(instance_id)
+                continue
+            self._start_process(booting.item, booting.ip, booting.scheduler, booting.build.python)
+        for region, ids in to_terminate.items():
+            try:
+                sandbox_client(self.endpoint_url, "ec2", region).terminate_instances(InstanceIds=ids)
+            except Exception:  # noqa: BLE001 - looked at again on the next poll
+                log.exception("sandbox VM runner: terminating %s failed", ids)
 
     def _reconcile(self, instances: dict[str, tuple[str, Any]]) -> None:
         to_terminate: dict[str, list[str]] = defaultdict(list)

@@ -113,7 +113,7 @@ def demo(
     address, guarded by this daemon. `source` the file named by --sdk-env in another shell to use it.
     """
     try:
-        from guard.sandbox import LiveMetrics, SandboxServer, VmRunner, seed_team_account
+        from guard.sandbox import LiveMetrics, SandboxServer, VmRunner, create_env_location, seed_team_account
     except ModuleNotFoundError as exc:
         raise _fail(f"guard demo needs the emulator ({exc.name}): pip install 'vmguard[sandbox]'") from None
 
@@ -152,7 +152,8 @@ def demo(
         _show_demo_result(daemon.store, regions, truth, output)
         vms = VmRunner(server.endpoint_url, log_dir=workdir / "vms").start()
         _write_sdk_env(sdk_env, server.env | {"VMGUARD_DAEMON_URL": f"http://{settings.listen}",
-                                              "VMGUARD_TOKEN": owner_token, "VMGUARD_OWNER": getpass.getuser()})
+                                              "VMGUARD_TOKEN": owner_token, "VMGUARD_OWNER": getpass.getuser(),
+                                              "VMGUARD_ENV_S3": create_env_location(server.endpoint_url)})
         err.print(f"\nserving http://{settings.listen}/metrics and /v1/findings (token: {daemon.api_token}); "
                   f"rescanning every {int(settings.scan_interval.total_seconds())}s — Ctrl-C stops\n"
                   f"SDK: `source {sdk_env}` in another shell, then launch clusters here (VM logs: {workdir / 'vms'})",

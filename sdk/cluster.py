@@ -22,11 +22,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from guard.wire import ClusterRegistration, Heartbeat
 from sdk.cost import VerboseLogging, check_cap, debug_logging_warning, estimate_cost
 from sdk.daemon_client import DaemonClient
+from sdk.environment.versions import check_versions
 from sdk.errors import SdkError
 from sdk.launch import Launched, launch, teardown
 from sdk.network import client_cidrs
 from sdk.spec import ClusterSpec, client_log_level
-from sdk.types import resolve_instance_types
+from sdk.types import describe_types, resolve_instance_types
 from sdk.usage import ClusterUsage
 
 log = logging.getLogger(__name__)
@@ -100,18 +101,48 @@ class Cluster:
                 self.console.print(f"vmguard: {spec.n_workers} worker(s) + 1 scheduler of {types[0]} in {region}: "
                                    f"about {estimate}", highlight=False)
                 check_cap(estimate, spec.max_hourly_usd)
-                self.spec, self._ec2, self.instance_types, self.estimate = spec, ec2, types, estimate
-                return self._launch(client_cidrs(spec.allow_ingress_from, ec2.meta.endpoint_url))
             except SdkError as exc:
-                if len(regions) == 1:
-                    raise
-                reasons.append(f"{region}: {exc}")
-                if region != regions[-1]:
-                    self.console.print(f"vmguard: {region} cannot take {self.cluster_id} ({exc}); trying the next "
-                                       "region", highlight=False)
+                self._pass_on(region, regions, reasons, exc)
+                continue
+            environments = self._environments(ec2, types)  # an environment that cannot be replicated stops here
+            self.spec, self._ec2, self.instance_types, self.estimate = spec, ec2, types, estimate
+            try:
+                return self._launch(client_cidrs(spec.allow_ingress_from, ec2.meta.endpoint_url), environments)
+            except SdkError as exc:
+                self._pass_on(region, regions, reasons, exc)
         raise SdkError(f"no region could take {self.cluster_id}: {' | '.join(reasons)}")
 
-    def _launch(self, cidrs: list[str]) -> Launched:
+    def _pass_on(self, region: str, regions: list[str], reasons: list[str], exc: SdkError) -> None:
+        """Note why ``region`` could not take the cluster, and say the next one is tried (re-raise with one region)."""
+        if len(regions) == 1:
+            raise exc
+        reasons.append(f"{region}: {exc}")
+        if region != regions[-1]:
+            self.console.print(f"vmguard: {region} cannot take {self.cluster_id} ({exc}); trying the next region",
+                               highlight=False)
+
+    def _environments(self, ec2: Any, types: list[str]) -> dict[str, dict[str, Any]]:
+        """This Python environment, replicated for each architecture among ``types`` (none with environment=False).
+
+        Captured again for every cluster (a package installed since is in it); an unchanged environment is neither
+        locked, built nor uploaded again (``sdk.environment`` caches by content)."""
+        if not self.spec.environment:
+            return {}
+        from sdk.environment import normalize_arch, prepare_environment
+
+        environments = {}
+        for arch in sorted({info.arch for info in describe_types(ec2, types).values()}):
+            with self.console.status(f"replicating this Python environment for {arch} VMs…"):
+                ref = prepare_environment(arch=normalize_arch(arch), owner=self.spec.owner, location=self.spec.env_s3,
+                                          boot_timeout_seconds=self.spec.boot_timeout.total_seconds())
+            where = "in the user-data" if ref.inline is not None else ref.s3_uri
+            self.console.print(f"vmguard: environment {ref.hash[:12]} for {arch}: {len(ref.packages or {})} "
+                               f"package(s), {'unchanged' if ref.reused else 'locked'}, shipped {where}",
+                               highlight=False)
+            environments[arch] = ref.to_config()
+        return environments
+
+    def _launch(self, cidrs: list[str], environments: dict[str, dict[str, Any]]) -> Launched:
         total = self.spec.n_workers + 1
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=self.console, transient=True) as progress:
@@ -120,7 +151,8 @@ class Cluster:
             def report(done: int, of: int, text: str) -> None:
                 progress.update(task, completed=done, total=of, description=text)
 
-            launched = launch(self.spec, self.instance_types, self.cluster_id, cidrs, self._ec2, progress=report)
+            launched = launch(self.spec, self.instance_types, self.cluster_id, cidrs, self._ec2, progress=report,
+                              environments=environments)
         self.console.print(f"vmguard: launched {self.cluster_id}: {1 + len(launched.workers)} instance(s)",
                            highlight=False)
         return launched
@@ -144,9 +176,11 @@ class Cluster:
                     address = f"tcp://{host}:{SCHEDULER_PORT}"
                     try:
                         self._client = Client(address, timeout=10, set_as_default=False)
-                        return address
                     except Exception as exc:  # not (yet) a Dask scheduler answering there
                         last_error = f"{type(exc).__name__}: {exc}"
+                    else:
+                        check_versions(self._client)  # a mismatch is one line, and the cluster is torn down
+                        return address
                 time.sleep(1)
         raise SdkError(f"the scheduler of {self.cluster_id} did not answer within "
                        f"{int(self.spec.boot_timeout.total_seconds())}s ({last_error}); the cluster was torn down")

@@ -15,6 +15,8 @@ gets a "did you mean"). Defaults are chosen to be safe and cheap without thinkin
 - ``owner``: ``VMGUARD_OWNER``, else the OS user name.
 - ``allow_ingress_from=None``: only this machine's own address may reach the scheduler (resolved at launch).
 - ``daemon_url``/``token``: ``VMGUARD_DAEMON_URL``/``VMGUARD_TOKEN``; the token is never shown or serialised.
+- ``environment=True``: the VMs run this Python environment, replicated (``sdk.environment``); one too large for
+  the user-data goes to ``env_s3`` (``VMGUARD_ENV_S3``).
 - Instance type: ``vm_type`` (one, or a list whose later entries are fallbacks when capacity runs out), or
   ``cpu``/``memory``/``gpu``/``arm`` resolved to the cheapest matching type (see :mod:`sdk.types`). With neither,
   the cheapest x86_64 type with 2 vCPUs and at least 8 GiB.
@@ -43,6 +45,7 @@ MAX_HOURLY_ENV = "VMGUARD_MAX_HOURLY_USD"
 OWNER_ENV = "VMGUARD_OWNER"
 DAEMON_URL_ENV = "VMGUARD_DAEMON_URL"
 TOKEN_ENV = "VMGUARD_TOKEN"
+ENV_S3_ENV = "VMGUARD_ENV_S3"
 
 DEFAULT_REGION = "us-east-1"
 DEFAULT_MAX_HOURLY_USD = 10.0
@@ -193,6 +196,11 @@ class ClusterSpec(BaseModel):
     allow_ingress_from: list[str] | None = Field(None, description="CIDRs that may reach the scheduler; None: mine")
     daemon_url: str | None = Field(default_factory=lambda: os.environ.get(DAEMON_URL_ENV) or None)
     token: str | None = Field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None, repr=False, exclude=True)
+    env_s3: str | None = Field(default_factory=lambda: os.environ.get(ENV_S3_ENV) or None,
+                               description="s3://bucket/prefix/ for replicated environments too large for the "
+                                           "user-data")
+    environment: bool = Field(True, description="replicate this Python environment on the VMs (sdk.environment); "
+                              "False: the VMs run their image's python3, which must have vmguard installed")
     log_level: LogLevel = Field(default_factory=lambda: client_log_level(),
                                 description="the VMs' log level; by default the client's own Dask log level")
 
@@ -415,6 +423,15 @@ class ClusterSpec(BaseModel):
             raise ValueError(f"daemon_url={value!r} must be an http(s) URL like 'http://127.0.0.1:9464' "
                              f"(or set {DAEMON_URL_ENV})")
         return value.strip().rstrip("/")
+
+    @field_validator("env_s3", mode="before")
+    @classmethod
+    def _env_s3(cls, value: object) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?$", value.strip()):
+            raise ValueError(f"env_s3={value!r} must look like 's3://team-bucket/vmguard-envs/' (or set {ENV_S3_ENV})")
+        return value.strip()
 
     @field_validator("log_level", mode="before")
     @classmethod

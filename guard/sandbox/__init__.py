@@ -18,7 +18,7 @@ from guard.sandbox.truth import (
     Seeded,
     VolumeSpec,
 )
-from guard.sandbox.vms import VmProcess, VmRunner
+from guard.sandbox.vms import VmProcess, VmRunner, create_env_location
 
 __all__ = [
     "ExpectedFinding",
@@ -34,6 +34,7 @@ __all__ = [
     "VmProcess",
     "VmRunner",
     "VolumeSpec",
+    "create_env_location",
     "make_busy",
     "sandbox_client",
     "seed_fleet",

@@ -84,6 +84,21 @@ _FIRST_OCTET = 64 + os.getpid() % 128
 and 127.0.0.53 are the host's own)."""
 
 
+ENV_BUCKET = "vmguard-sandbox-envs"
+"""The sandbox's bucket for the SDK's replicated environments (``VMGUARD_ENV_S3``), protected from the rules."""
+
+
+def create_env_location(endpoint_url: str, region: str = "us-east-1") -> str:
+    """Create the sandbox's environment bucket (again, after a reset) and return its ``VMGUARD_ENV_S3`` value."""
+    s3 = sandbox_client(endpoint_url, "s3", region)
+    existing = {bucket["Name"] for bucket in s3.list_buckets().get("Buckets", [])}
+    if ENV_BUCKET not in existing:
+        s3.create_bucket(Bucket=ENV_BUCKET)
+        s3.put_bucket_tagging(Bucket=ENV_BUCKET, Tagging={"TagSet": [
+            {"Key": "guard:protect", "Value": "true"}, {"Key": "owner", "Value": "vmguard"}]})
+    return f"s3://{ENV_BUCKET}/vmguard-envs/"
+
+
 def _bindable(ip: str, ports: tuple[int, ...]) -> bool:
     for port in ports:
         with socket.socket() as sock:

@@ -139,6 +139,7 @@ def test_demo_writes_the_sdk_environment_while_it_serves_and_removes_it_on_ctrl_
         assert env_file.stat().st_mode & 0o777 == 0o600  # it holds an API token
         text = env_file.read_text()
         assert f"export VMGUARD_DAEMON_URL=http://127.0.0.1:{free_port}\n" in text
+        assert "export VMGUARD_ENV_S3=s3://vmguard-sandbox-envs/vmguard-envs/\n" in text
         checked = subprocess.run(["bash", "-c", SDK_ENV_CHECK, "check", str(env_file), sys.executable], env=base,
                                  cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert checked.returncode == 0, checked.stderr

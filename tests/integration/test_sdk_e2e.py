@@ -21,7 +21,7 @@ from faults import FaultProxy
 from rich.console import Console
 
 import sdk
-from guard.sandbox import SandboxServer, VmRunner, sandbox_client
+from guard.sandbox import SandboxServer, VmRunner, create_env_location, sandbox_client
 
 ADMIN_TOKEN = "admin-token-0123456789"
 OWNER_TOKEN = "tester-token-0123456789"
@@ -58,8 +58,10 @@ def daemon(runner: VmRunner, guard_run) -> str:
 
 
 @pytest.fixture
-def sdk_env(sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    values = sandbox.env | {"VMGUARD_OWNER": "tester", "VMGUARD_MAX_HOURLY_USD": "50"}
+def sdk_env(sandbox: SandboxServer, runner: VmRunner, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """What `guard demo` writes for the SDK: the sandbox's credentials, and where replicated environments go."""
+    values = sandbox.env | {"VMGUARD_OWNER": "tester", "VMGUARD_MAX_HOURLY_USD": "50",
+                            "VMGUARD_ENV_S3": create_env_location(sandbox.endpoint_url)}
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values
@@ -95,6 +97,8 @@ def test_a_decorated_function_maps_on_its_cluster_and_the_daemon_sees_it(
     cluster = remote.cluster
     assert remote(7) == 49 and remote.submit(3).result() == 9
     assert remote.cluster is cluster, "a second call reuses the running cluster"
+    on_vm = cluster.get_client().submit(lambda: sys.prefix).result()
+    assert on_vm != sys.prefix and "sandbox-venvs" in on_vm  # the VMs run this environment, replicated
 
     ids = [cluster.launched.scheduler["InstanceId"], *(w["InstanceId"] for w in cluster.launched.workers)]
     assert len(ids) == 5 and instance_states(ids) == {"running"}

@@ -443,8 +443,22 @@ def test_debug_logging_at_scale_warns_with_its_price_before_launch(sandbox: Sand
     with pytest.warns(VerboseLogging, match=r"11 VMs log about 0\.9 GB/hour, \$0\.47/hour"), \
             pytest.raises(SdkError, match="did not answer within 10s"):  # no VM runs here: nothing boots
         sdk.Cluster(vm_type="m5.large", region=REGION, n_workers=10, log_level="DEBUG", boot_timeout="10s",
+                    environment=False,
                     owner="alice@example.com", max_hourly_usd=None, allow_ingress_from=CLIENT_CIDRS)
     launched = [r for r in sandbox.requests() if r.operation == "RunInstances"]
     assert launched  # the warning came before launching, and the launch went ahead as asked
     cluster_ids = {v for r in launched for k, v in r.params.items() if k.endswith("Value") and v.startswith("vmg-")}
     assert all(_alive(ec2, cluster_id) == [] for cluster_id in cluster_ids)
+
+
+def test_an_environment_that_cannot_be_shipped_stops_before_any_launch_call(sandbox: SandboxServer,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import sdk
+
+    monkeypatch.delenv("VMGUARD_ENV_S3", raising=False)
+    sandbox.clear_requests()
+    with pytest.raises(SdkError, match=r"too large for the user-data: set VMGUARD_ENV_S3=s3://"):
+        sdk.Cluster(vm_type="m5.large", region=REGION, owner="alice@example.com", max_hourly_usd=None,
+                    allow_ingress_from=CLIENT_CIDRS)
+    operations = {r.operation for r in sandbox.requests()}
+    assert not operations & {*LAUNCH_CALLS, "CreateSecurityGroup"}, operations

@@ -35,6 +35,17 @@ deb-deps:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \
 	fi
 
+## bench: vmguard side by side with its peers (Cloud Custodian, naive launchers, pip); rewrites bench/RESULTS.md
+# One case: `.venv/bin/python -m bench scan-1000`; opt-in cases: scan-10000, daemon-rss-10000 (`python -m bench all`).
+# Cloud Custodian gets a virtualenv of its own under .bench/. The heartbeat load generator is Debian's wrk.
+.PHONY: bench
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { echo "installing Debian package: wrk"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+	$(BIN)/python -m bench default
+	$(BIN)/python -m bench.env_bench
+
 ## readme: regenerate the README's rule reference from the rules' docstrings
 readme: $(STAMP)
 	$(BIN)/python -m guard.docs README.md

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from polling import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from guard.rule import discover_rules
@@ -21,20 +21,6 @@ REQUIRED_METRICS = {
     "guard_findings_price_unknown", "guard_scan_collector_success", "guard_scan_rule_success",
     "guard_waste_unique_hourly_usd", "guard_running_instances", "guard_scans",
 }
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
-            last_error = exc
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last_error})")
 
 
 @pytest.fixture

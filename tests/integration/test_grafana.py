@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "grafana"
@@ -140,20 +141,6 @@ def test_example_alertmanager_config_routes_vmguard_alerts_to_slack() -> None:
 
 
 # -- a real Prometheus scraping `guard demo` ---------------------------------------------------------------------------
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except (httpx.HTTPError, KeyError, IndexError, ValueError) as exc:
-            last_error = exc
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last_error})")
-
 
 def alive(process: subprocess.Popen, log: Path) -> bool:
     if process.poll() is not None:

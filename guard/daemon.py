@@ -102,10 +102,12 @@ class Daemon:
         return findings
 
     def _announce(self, findings: list[dict]) -> None:
-        """Send the findings; once delivered, their actions' grace may end (a finding is never acted on unseen)."""
+        """Send the findings; the ones the message listed may end their actions' grace (a finding is never acted on
+        unseen). Those only counted in "… and N more" stay unannounced and go out with the next scan's message."""
         try:
-            if self.notifier.new_findings(findings).delivered:
-                self.store.mark_notified([finding["id"] for finding in findings], datetime.now(timezone.utc))
+            delivery = self.notifier.new_findings(findings)
+            if delivery.delivered:
+                self.store.mark_notified([finding["id"] for finding in delivery.shown], datetime.now(timezone.utc))
         finally:
             with self._announce_lock:
                 self._announcing.difference_update(finding["id"] for finding in findings)

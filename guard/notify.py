@@ -13,6 +13,7 @@ does), so it is only ever logged masked, as ``scheme://host/…`` — including 
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import json
 import logging
@@ -57,6 +58,8 @@ class Delivery:
     """HTTP status of the last attempt; None when it got no response (or nothing was sent)."""
     error: str | None = None
     """One line saying why it was not delivered (URL masked); None when delivered."""
+    shown: tuple[Item, ...] = dataclasses.field(default=(), compare=False, repr=False)
+    """The items the message listed one by one (the rest were only counted in "… and N more")."""
 
 
 def mask_url(url: str) -> str:
@@ -179,6 +182,11 @@ def build_message(kind: str, items: Sequence[Item], max_items: int = 20) -> dict
     Only rule, region, resource id, owner, $/hour and summary (plus id/action for actions, source/error for failures)
     are read from an item; evidence and any other field never reach the payload.
     """
+    return _compose(kind, items, max_items)[0]
+
+
+def _compose(kind: str, items: Sequence[Item], max_items: int) -> tuple[dict[str, Any], list[Item]]:
+    """The payload and the items it lists one by one (the costliest that fit)."""
     singular, plural = _TITLES[kind]
     count = len(items)
     noun = singular if count == 1 else plural
@@ -202,7 +210,8 @@ def build_message(kind: str, items: Sequence[Item], max_items: int = 20) -> dict
     ranked = [item for _, item in sorted(((_usd_hourly(item), item) for item in items),
                                          key=lambda pair: -pair[0] if pair[0] is not None else math.inf)]
     sections: list[str] = []
-    shown, used = 0, 0
+    listed: list[Item] = []
+    used = 0
     for item in ranked[: max(max_items, 0)]:
         line = _line(item, kind)
         if used + len(line) > _ITEMS_CHARS_BUDGET:
@@ -213,7 +222,7 @@ def build_message(kind: str, items: Sequence[Item], max_items: int = 20) -> dict
             sections.append(line)
         else:
             break
-        shown += 1
+        listed.append(item)
         used += len(line) + 1
 
     blocks: list[dict[str, Any]] = [
@@ -221,9 +230,10 @@ def build_message(kind: str, items: Sequence[Item], max_items: int = 20) -> dict
         {"type": "section", "text": {"type": "mrkdwn", "text": overview[:_SECTION_CHARS]}},
     ]
     blocks += [{"type": "section", "text": {"type": "mrkdwn", "text": text}} for text in sections]
-    if count > shown:
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": f"… and {count - shown:,} more"}]})
-    return {"text": f"{title} · {totals}" if totals else title, "blocks": blocks}
+    if count > len(listed):
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn",
+                                                         "text": f"… and {count - len(listed):,} more"}]})
+    return {"text": f"{title} · {totals}" if totals else title, "blocks": blocks}, listed
 
 
 # --- delivery --------------------------------------------------------------------------------------------------------
@@ -309,7 +319,10 @@ class Notifier:
     # One method per event kind; each sends one message for its whole batch.
 
     def new_findings(self, findings: Sequence[Item]) -> Delivery:
-        """Findings that just opened (mappings like ``FindingRow.as_dict()``, or ``Finding`` objects)."""
+        """Findings that just opened (mappings like ``FindingRow.as_dict()``, or ``Finding`` objects).
+
+        Only the findings in the delivered message's ``shown`` were announced; the ones counted in "… and N more"
+        were not (an action's grace must not end on a line nobody could read)."""
         return self._notify("new_findings", findings)
 
     def planned_actions(self, actions: Sequence[Item]) -> Delivery:
@@ -328,11 +341,13 @@ class Notifier:
         if not items:
             return Delivery(delivered=True, attempts=0)
         try:
-            body = json.dumps(build_message(kind, items, self.max_items)).encode()
+            payload, listed = _compose(kind, items, self.max_items)
+            body = json.dumps(payload).encode()
         except Exception as exc:  # a malformed item must not break the caller's scan
             return self._give_up(kind, len(items), Delivery(False, 0, None, f"could not build the message: "
                                                                             f"{type(exc).__name__}"))
-        return self._deliver(kind, len(items), body)
+        delivery = self._deliver(kind, len(items), body)
+        return dataclasses.replace(delivery, shown=tuple(listed)) if delivery.delivered else delivery
 
     def _deliver(self, kind: str, count: int, body: bytes) -> Delivery:
         status: int | None = None

@@ -422,15 +422,19 @@ def test_one_message_per_kind_per_scan_retried_and_without_evidence(
             # nothing is planned before the findings were announced
             assert first.actions.planned == [] and audit.actions() == []
             assert kinds(receiver.delivered()) == [("new", len(first.opened))]
-            assert all(f.notified_at is not None for f in dry.store.findings())
+            assert len(first.opened) > 20  # more than a message lists: the costliest 20 were announced, not the rest
+            assert len([f for f in dry.store.findings() if f.notified_at is not None]) == 20
 
+            unannounced = [f for f in dry.store.findings() if f.rule in rules and f.notified_at is None]
             receiver.fail_next(500, 500)
             second = dry.scanner.scan(REGION)
             settle()
             planned = audit.actions(status=PLANNED)
             assert len(second.actions.planned) == len(planned) > 1
-            assert [status for status, _ in receiver.attempts[1:]] == [500, 500, 200]  # retried until it arrived
-            assert kinds(receiver.delivered()[1:]) == [("planned", len(planned))]
+            # retried until it arrived; the findings the first message did not list are announced now
+            assert sorted(status for status, _ in receiver.attempts[1:]) == [200, 200, 500, 500]
+            assert kinds(receiver.delivered()[1:]) == sorted([("new", len(unannounced)),
+                                                              ("planned", len(planned))])
         finally:
             dry.shutdown()
 
@@ -460,6 +464,40 @@ def test_one_message_per_kind_per_scan_retried_and_without_evidence(
         assert HOOK_SECRET not in everything and "evidence" not in everything and "params" not in everything
         assert not any(row.key in everything for row in audit.actions())
     finally:
+        receiver.close()
+
+
+def test_only_the_findings_a_message_lists_count_as_announced(
+        team_account: GroundTruth, make_settings, registry: Registry) -> None:
+    rules = {rule_id: {"enabled": False} for rule_id in registry.rules} | {
+        "unattached-eips": ACTIONS["unattached-eips"], "log-retention": ACTIONS["log-retention"]}
+    receiver = Receiver()
+    daemon = Daemon(make_settings(mode="dry-run", regions=[REGION], webhook_url=receiver.url, rules=rules, **GATES),
+                    registry)
+    daemon.notifier.max_items = 2  # a message lists the two costliest; the rest are "… and N more"
+    audit = daemon.scanner.actuator.audit
+
+    def announced() -> set[int]:
+        return {f.id for f in daemon.store.findings() if f.notified_at is not None}
+
+    try:
+        first = daemon.scanner.scan(REGION)
+        settle()
+        total = len(first.opened)
+        assert total > 4
+        assert receiver.delivered()[0]["blocks"][-1]["elements"][0]["text"] == f"… and {total - 2:,} more"
+        assert len(announced()) == 2
+        for scan in range(2, total):  # two more announced per scan; only announced findings are ever planned
+            before = announced()
+            daemon.scanner.scan(REGION)
+            settle()
+            assert {row.finding_id for row in audit.actions()} <= before
+            assert len(announced()) == min(2 * scan, total)
+            if len(before) == total:
+                break
+        assert {row.finding_id for row in audit.actions()} == announced() == {f.id for f in daemon.store.findings()}
+    finally:
+        daemon.shutdown()
         receiver.close()
 
 

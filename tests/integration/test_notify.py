@@ -141,7 +141,8 @@ def test_a_scan_of_500_findings_is_one_message_with_the_costliest_20_and_the_tot
     with Notifier(receiver.url, **FAST) as notifier:
         delivery = notifier.new_findings(findings)
 
-    assert delivery == Delivery(delivered=True, attempts=1, status=200, error=None)
+    assert (delivery.delivered, delivery.attempts, delivery.status, delivery.error) == (True, 1, 200, None)
+    assert [item["id"] for item in delivery.shown] == list(range(500, 480, -1))  # the 20 costliest, as listed
     assert len(receiver.requests) == 1
     request = receiver.requests[0]
     assert request.headers["Content-Type"] == "application/json"

@@ -252,7 +252,7 @@ class Actuator:
                 self._carry_out(row, now, report)
         return report
 
-    def _not_allowed(self, intent: Intent) -> str | None:
+    def _not_allowed(self, intent: Intent | ActionRow) -> str | None:
         """Why the allow-lists forbid changing this account or region (only when they are set); None if they don't."""
         accounts, regions = self.settings.allowed_accounts, self.settings.allowed_regions
         if accounts and intent.account_id not in accounts:
@@ -279,10 +279,18 @@ class Actuator:
             self._finish(row, SKIPPED, now, report, result="skipped-off",
                          error="not carried out: keepalive enforcement is off (enforce_keepalive = false)")
             return
-        if self.policy.mode == "observe" and row.action not in UP_FRONT:  # left by a crash, restarted in observe mode
-            self._finish(row, SKIPPED, now, report, result="skipped-observe",
-                         error="not carried out: the daemon now runs in observe mode")
-            return
+        if resumed:
+            refused = self._refused_on_resume(row)
+            if refused is not None:
+                self._finish(row, CANCELLED, now, report, result=CANCELLED, error=f"not carried out: {refused}",
+                             detail={"called": False, "resumed": True})
+                return
+            if row.action not in UP_FRONT and breaker_open(self.audit.last_outcomes(self.policy.breaker_failures),
+                                                           self.policy, now):
+                if (row.key, SKIPPED_BREAKER) not in self._held_back:  # waits, as new actions do; counted once
+                    self._held_back.add((row.key, SKIPPED_BREAKER))
+                    report.results.append((row.rule, row.action, SKIPPED_BREAKER))
+                return
         try:
             outcome = executor.execute(self.aws, row.region, row.resource_id, row.params, row.detail,
                                        row.started_at or now, now)
@@ -295,6 +303,31 @@ class Actuator:
             self.audit.move(row.id, UNFINISHED, IN_PROGRESS, detail=detail)
             return
         self._finish(row, outcome.status, now, report, result=outcome.status, error=outcome.error, detail=detail)
+
+    def _refused_on_resume(self, row: ActionRow) -> str | None:
+        """Why the gates of today's configuration forbid finishing an intent an earlier run started; None if
+        they allow it. A resumed intent passes the gates a new one would (protection and scope are re-read from
+        the resource in ``_last_check``); the breaker only makes it wait."""
+        if row.action in UP_FRONT:  # the owner asked for it at launch: only the allow-lists apply, as at the start
+            return self._not_allowed(row)
+        if self.policy.mode == "observe":
+            return "the daemon now runs in observe mode"
+        if self.policy.mode == "dry-run" and row.approved_at is None:
+            return "the daemon now runs in dry-run mode and no one approved this action"
+        if row.account_id not in self.policy.allowed_accounts:
+            return f"account {row.account_id} is not in allowed_accounts"
+        if row.region not in self.policy.allowed_regions:
+            return f"region {row.region} is not in allowed_regions"
+        config = self._config(row.rule)
+        if not config.enabled:
+            return f"rule {row.rule} is disabled"
+        configured = config.action
+        rule = self.rules.get(row.rule)
+        if configured == "terminate" and rule is not None and rule.stop_before_terminate:
+            configured = row.action if row.action in ("stop", "terminate") else configured
+        if row.action != configured:
+            return f"rule {row.rule} no longer has the action {row.action} (its action is {config.action})"
+        return None
 
     def _last_check(self, row: ActionRow, observed: Observed) -> tuple[str, str | None, str] | None:
         """(status, reason, result) when the fresh look at the resource settles the action without a call."""

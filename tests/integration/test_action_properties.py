@@ -12,18 +12,22 @@ and nothing is mutated that some gate holds back (account/region allow-list, sco
 
 from __future__ import annotations
 
+import contextlib
 import random
 import tempfile
+from collections import Counter
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from unittest import mock
 
 import boto3
 import pytest
 from hypothesis import HealthCheck, Phase, event, example, given, settings
 from hypothesis import strategies as st
 
-from guard.actions.executors import EXECUTORS
+from guard.actions.executors import ALL_EXECUTORS, EXECUTORS
 from guard.audit import CANCELLED, PLANNED, STARTED, AuditLog
 from guard.aws import Aws, MutationRefused, is_read_only
 from guard.engine import Scanner
@@ -343,3 +347,115 @@ def test_a_mutating_call_outside_the_runner_is_refused_before_it_is_sent(sandbox
     assert [r.name for r in sandbox.requests()] == []
     [reservation] = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
     assert reservation["Instances"][0]["State"]["Name"] == "running"
+
+
+# -- restarts with unfinished intents -----------------------------------------------------------------------------
+
+
+class Crash(BaseException):
+    """The daemon dying mid-action: not an error the action phase handles, so the intent stays unfinished."""
+
+
+@dataclass(frozen=True)
+class Restart:
+    mode: str
+    account_allowed: bool
+    region_allowed: bool
+    acting: bool
+    """The rules still have their actions (else they only notify)."""
+    approve: bool
+    """A person approves every planned action before this run's scan."""
+    crash: str | None
+    """Where this run dies: right before its first action's call, right after it, or not at all."""
+
+
+RESUMED_KINDS = ("volume", "eip", "log-group", "instance")
+
+
+def restarts() -> st.SearchStrategy[list[Restart]]:
+    first = st.builds(Restart, mode=st.just("enforce"), account_allowed=st.just(True), region_allowed=st.just(True),
+                      acting=st.just(True), approve=st.just(False), crash=st.sampled_from(("before", "after")))
+    later = st.builds(Restart, mode=st.sampled_from(("enforce", "dry-run", "observe")), account_allowed=st.booleans(),
+                      region_allowed=st.booleans(), acting=st.booleans(), approve=st.booleans(),
+                      crash=st.sampled_from((None, None, "before", "after")))
+    return st.tuples(first, st.lists(later, min_size=1, max_size=3)).map(lambda pair: [pair[0], *pair[1]])
+
+
+@contextmanager
+def crashing(where: str | None):
+    """Every executor dies once, at ``where``, on this run's first call."""
+    if where is None:
+        yield
+        return
+    crashed = []
+
+    def wrap(original):
+        def execute(*args, **kwargs):
+            if crashed:
+                return original(*args, **kwargs)
+            crashed.append(True)
+            if where == "before":
+                raise Crash
+            original(*args, **kwargs)
+            raise Crash
+        return execute
+
+    with ExitStack() as stack:
+        for executor in ALL_EXECUTORS.values():
+            stack.enter_context(mock.patch.object(executor, "execute", wrap(executor.execute)))
+        yield
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None, phases=(Phase.explicit, Phase.generate),
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(runs=restarts(), kinds=st.lists(st.sampled_from(RESUMED_KINDS), min_size=2, max_size=4))
+@example(runs=[Restart("enforce", True, True, True, False, "before"), Restart("dry-run", True, True, True, False, None),
+               Restart("dry-run", True, True, True, True, "before"), Restart("dry-run", True, True, True, False, None)],
+         kinds=["eip", "volume", "instance"])  # planned, approved by a person, died mid-call: finished in dry-run
+def test_restarts_never_send_a_mutating_call_todays_gates_forbid(sandbox: SandboxServer, registry: Registry,
+                                                                 make_settings, runs: list[Restart],
+                                                                 kinds: list[str]) -> None:
+    """Any sequence of enforce/dry-run/observe restarts, each possibly dying mid-action, over unfinished intents:
+    a mutating call goes out only when the run's own gates allow it (enforce, or dry-run for an action a person
+    approved; inside the allow-lists; the rule still acting), and no action's first call is ever sent twice."""
+    sandbox.reset()
+    endpoint = sandbox.endpoint_url
+    seeded = seed(endpoint, [Spec(kind, protected=False, protected_later=False, managed=True) for kind in kinds])
+    first_calls: Counter = Counter()
+    with tempfile.TemporaryDirectory() as directory:
+        database_url = f"sqlite:///{Path(directory) / 'guard.db'}"
+        for run in runs:
+            config = Config(mode=run.mode, account_allowed=run.account_allowed, region_allowed=run.region_allowed,
+                            actions={rule: actions[0] if run.acting else "notify"
+                                     for rule, actions in RULE_ACTIONS.items()},
+                            act_on_unmanaged={rule: False for rule in RULE_ACTIONS}, grace="0s", per_cycle=100,
+                            per_hour=1000, min_resource_age="0s", scans=1)
+            values = settings_for(config, database_url, registry)
+            if run.mode != "enforce" and not run.account_allowed:
+                values["allowed_accounts"] = ""  # outside enforce mode the list may be empty
+            scanner = Scanner(make_settings(**values), registry, Aws(session=SESSION), Store(database_url))
+            audit = AuditLog(scanner.store)
+            try:
+                if run.approve:
+                    for row in audit.actions(status=PLANNED):
+                        audit.approve(row.id, "alice", datetime.now(timezone.utc))
+                approved = {row.resource_id for row in audit.actions() if row.approved_at is not None}
+                sandbox.clear_requests()
+                with crashing(run.crash), contextlib.suppress(Crash):
+                    scanner.scan(REGION)
+                mutated = {resource_id for request in sandbox.requests() if request.mutating
+                           for _, resource_id in seeded if names(request, resource_id)}
+                allowed = run.mode != "observe" and run.account_allowed and run.region_allowed and run.acting
+                if not allowed:
+                    assert mutated == set(), (run, mutated)
+                elif run.mode == "dry-run":
+                    assert mutated <= approved, (run, mutated, approved)
+                for request in sandbox.requests():
+                    if request.mutating and request.operation in FIRST_CALLS:
+                        first_calls.update(resource_id for _, resource_id in seeded if names(request, resource_id))
+                event(f"{run.mode}: {'changed something' if mutated else 'changed nothing'}")
+                if any(row.status == CANCELLED and "not carried out" in (row.error or "") for row in audit.actions()):
+                    event("an unfinished intent was cancelled")
+            finally:
+                scanner.store.close()
+    assert all(count == 1 for count in first_calls.values()), first_calls

@@ -3,6 +3,7 @@ what dry-run and observe mode do, each safety gate, and how intents left by a cr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -653,10 +654,10 @@ def test_observe_mode_settles_unfinished_intents_by_looking_only(account: str, m
                for instance_id in (already, never)}
     ec2(account).stop_instances(InstanceIds=[already])  # the call went out before the crash
     report = scan(scanner)
-    assert results(report) == [("idle-vms", "stop", "done"), ("idle-vms", "stop", "skipped-observe")]
-    done, skipped = (audit(scanner).get(pending[i].id) for i in (already, never))
+    assert results(report) == [("idle-vms", "stop", "cancelled"), ("idle-vms", "stop", "done")]
+    done, cancelled = (audit(scanner).get(pending[i].id) for i in (already, never))
     assert done.status == DONE and done.detail["called"] is False and done.detail["resumed"] is True
-    assert skipped.status == "skipped" and "observe mode" in skipped.error
+    assert cancelled.status == "cancelled" and "observe mode" in cancelled.error
     assert instance_state(account, never) == "running"
     assert mutations(scanner) == {}
 
@@ -679,6 +680,71 @@ def test_a_pending_intent_whose_goal_holds_is_done_without_calling_again(account
     assert resumed.status == DONE and resumed.detail == {"state": "stopped", "called": False, "resumed": True}
     scan(after)
     assert mutations(after) == {} and len(rows(after)) == 1
+
+
+RESTARTS_THAT_FORBID = {
+    "dry-run": ({"mode": "dry-run"}, "dry-run mode and no one approved"),
+    "dry-run, allowed_accounts emptied": ({"mode": "dry-run", "allowed_accounts": ""}, "dry-run mode"),
+    "another account allowed": ({"allowed_accounts": "210987654321"}, "not in allowed_accounts"),
+    "another region allowed": ({"allowed_regions": "us-west-2"}, "not in allowed_regions"),
+    "rule disabled": ({"rules": {"idle-vms": {"enabled": False}}}, "rule idle-vms is disabled"),
+    "rule only notifies": ({"rules": {"idle-vms": {"action": "notify"}}}, "no longer has the action stop"),
+}
+
+
+@pytest.mark.parametrize("change", list(RESTARTS_THAT_FORBID))
+def test_a_pending_intent_passes_todays_gates_or_is_cancelled(account: str, make: Make, change: str) -> None:
+    instance_id = idle_instance(account)
+    before = make({"idle-vms": {"action": "stop", "grace": "1h"}})
+    scan(before)
+    row = audit(before).record(_intent(before, "idle-vms", "stop", instance_id), PENDING, "enforce", now(),
+                               approved_by="mode:enforce")
+    before.store.close()  # an enforce run died between committing the intent and calling AWS
+
+    overrides, reason = RESTARTS_THAT_FORBID[change]
+    rules = {"idle-vms": {"action": "stop", "grace": "1h"} | overrides.get("rules", {}).get("idle-vms", {})}
+    after = make(rules, **{key: value for key, value in overrides.items() if key != "rules"})
+    report = scan(after)
+    assert ("idle-vms", "stop", "cancelled") in results(report)
+    cancelled = audit(after).get(row.id)
+    assert cancelled.status == "cancelled" and reason in cancelled.error
+    assert cancelled.detail["called"] is False
+    assert instance_state(account, instance_id) == "running" and mutations(after) == {}
+    scan(after)
+    assert mutations(after) == {}
+
+
+def test_a_pending_intent_a_person_approved_is_finished_in_dry_run(account: str, make: Make) -> None:
+    instance_id = idle_instance(account)
+    before = make({"idle-vms": {"action": "stop", "grace": "1h"}}, mode="dry-run")
+    scan(before)
+    row = audit(before).record(_intent(before, "idle-vms", "stop", instance_id), PENDING, "dry-run", now(),
+                               approved_by="alice")
+    audit(before).set_fields(row.id, approved_at=now())  # approved, started, then the daemon died
+    before.store.close()
+
+    after = make({"idle-vms": {"action": "stop", "grace": "1h"}}, mode="dry-run")
+    assert ("idle-vms", "stop", "done") in results(scan(after))
+    assert instance_state(account, instance_id) == "stopped"
+    assert mutations(after) == {"ec2:StopInstances": 1}
+
+
+def test_a_pending_intent_waits_while_the_breaker_is_open(account: str, make: Make) -> None:
+    instance_id = idle_instance(account)
+    before = make({"idle-vms": {"action": "stop", "grace": "1h"}})
+    scan(before)
+    row = audit(before).record(_intent(before, "idle-vms", "stop", instance_id), PENDING, "enforce", now(),
+                               approved_by="mode:enforce")
+    for number in range(3):  # three failures in a row, just now: the breaker is open
+        earlier = dataclasses.replace(_intent(before, "idle-vms", "stop", instance_id), key=f"earlier-{number}")
+        failed = audit(before).record(earlier, PENDING, "enforce", now(), approved_by="mode:enforce")
+        audit(before).move(failed.id, (PENDING,), "failed", finished_at=now(), error="UnauthorizedOperation")
+    before.store.close()
+
+    after = make({"idle-vms": {"action": "stop", "grace": "1h"}}, breaker_failures=3, breaker_cooldown="1h")
+    assert results(scan(after)) == [("idle-vms", "stop", "skipped-breaker")]
+    assert audit(after).get(row.id).status == PENDING
+    assert instance_state(account, instance_id) == "running" and mutations(after) == {}
 
 
 def test_a_pending_intent_whose_call_never_happened_is_carried_out_once(account: str, make: Make) -> None:

@@ -23,8 +23,10 @@ from pydantic import BaseModel, Field, field_validator
 
 from guard import wire
 from guard.audit import STATUSES, ApprovalError, AuditLog
+from guard.aws import describe_aws_error
 from guard.clusters import CLOSED, RUNNING, ClusterRegistry
 from guard.metrics import DaemonMetrics
+from guard.ownership import NotVisibleYet, NotYourInstances
 from guard.store import Store
 from guard.wire import ClusterOut, ClusterState
 
@@ -205,9 +207,11 @@ class Readiness(BaseModel):
 def create_app(store: Store, metrics: DaemonMetrics, api_token: str, regions: list[str],
                ready: Callable[[], set[str]], audit: AuditLog | None = None,
                clusters: ClusterRegistry | None = None, owner_tokens: Mapping[str, str] | None = None,
-               clock: Callable[[], datetime] | None = None) -> FastAPI:
+               clock: Callable[[], datetime] | None = None,
+               check_owners: Callable[[wire.ClusterRegistration], None] | None = None) -> FastAPI:
     """The app; ``ready()`` returns the regions that have completed a successful scan; ``owner_tokens`` maps an
-    owner to its token (the admin ``api_token`` stands for every owner); ``clock`` stamps heartbeats."""
+    owner to its token (the admin ``api_token`` stands for every owner); ``clock`` stamps heartbeats;
+    ``check_owners`` reads a registration's instances from EC2 (see guard.ownership) before accepting it."""
     app = FastAPI(
         title="vmguard",
         description="Findings, scans, actions and registered clusters of the vmguard daemon. /v1 needs "
@@ -335,12 +339,26 @@ def create_app(store: Store, metrics: DaemonMetrics, api_token: str, regions: li
 
     @app.post("/v1/clusters", response_model=ClusterOut, status_code=status.HTTP_201_CREATED,
               summary="Register a cluster the SDK launched: the daemon terminates it when its heartbeats stop",
-              responses={403: {"description": "the owner is not the token's owner"},
-                         409: {"description": "a cluster with this id is registered already"}})
+              responses={403: {"description": "the owner is not the token's owner, or an instance is tagged with "
+                                              "another owner"},
+                         409: {"description": "a cluster with this id is registered already"},
+                         503: {"description": "EC2 does not show the instances yet, or cannot be read: retry"}})
     def register(registration: ClusterRegistration, caller: str = Depends(principal)) -> dict[str, Any]:
         if caller != ADMIN and registration.owner != caller:
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"this token is {caller}'s: it registers only {caller}'s "
                                                            f"clusters, not {registration.owner!r}'s")
+        if check_owners is not None:
+            try:
+                check_owners(registration)
+            except NotYourInstances as exc:
+                raise HTTPException(status.HTTP_403_FORBIDDEN, str(exc)) from None
+            except NotVisibleYet as exc:
+                raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc),
+                                    headers={"Retry-After": "2"}) from None
+            except Exception as exc:  # no network, throttled, denied: the daemon cannot vouch for the owner now
+                raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                                    f"cannot read the cluster's instances from EC2: {describe_aws_error(exc)}; "
+                                    "register again shortly", headers={"Retry-After": "5"}) from None
         row = clusters.register(registration, registered_by=caller, now=clock())
         if row is None:
             raise HTTPException(status.HTTP_409_CONFLICT, f"cluster {registration.cluster_id} is registered already; "

@@ -321,7 +321,7 @@ class Keepalive:
             waste_hourly_usd=row.hourly_usd,
             params={"key": key, "instance_ids": list(row.instance_ids), "region": row.region,
                     "security_group_id": row.security_group_id, "managed_tag": self.settings.managed_tag,
-                    "protect_tag": self.settings.protect_tag})
+                    "protect_tag": self.settings.protect_tag, "owner": row.owner})
 
     def _intents(self, now: datetime) -> list[Intent]:
         """The actions still to start: expired clusters with no action yet (or whose row a crash left unlinked)."""

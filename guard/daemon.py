@@ -19,6 +19,7 @@ from guard.clusters import ClusterRegistry, Keepalive, KeepaliveReport
 from guard.engine import Scanner, ScanReport
 from guard.metrics import DaemonMetrics
 from guard.notify import Notifier
+from guard.ownership import InstanceOwners
 from guard.rule import Registry
 from guard.settings import ConfigError, Settings
 from guard.store import Store, scope_of
@@ -52,7 +53,8 @@ class Daemon:
         self.app = create_app(self.store, self.metrics, self.api_token, settings.regions, self.ready_regions,
                               self.scanner.actuator.audit, clusters=self.clusters,
                               owner_tokens={owner: token.get_secret_value()
-                                            for owner, token in settings.api_tokens.items()})
+                                            for owner, token in settings.api_tokens.items()},
+                              check_owners=InstanceOwners(self.aws).check)
         interval = settings.scan_interval.total_seconds()
         self.scheduler = BackgroundScheduler(
             timezone=timezone.utc,

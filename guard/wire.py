@@ -10,6 +10,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 CLUSTER_ID_PATTERN = r"^vmg-[a-z0-9]{6,32}$"
+OWNER_TAG = "owner"
+"""Tag the SDK puts on every resource it launches: the owner. The daemon registers, and terminates, a cluster's
+instances only when this tag names the cluster's registered owner."""
 
 ClusterState = Literal["running", "closed", "expired", "terminating", "terminated"]
 """running (heartbeating) → closed (the SDK shut it down) | expired (keepalive or idle timeout passed) →

@@ -238,8 +238,9 @@ class Cluster:
                 usage.gather(self._client)  # what the scheduler and every worker counted (S3, logs, tasks done)
                 if self._daemon.heartbeat(self.cluster_id, Heartbeat(**usage.beat_fields())):
                     usage.delivered()
-            except Exception:  # a missed beat is retried at the next one; the thread must not die
-                log.debug("heartbeat of %s failed", self.cluster_id, exc_info=True)
+            except Exception as exc:  # a missed beat is retried at the next one; the thread must not die
+                log.warning("heartbeat of %s failed (%s: %s); tried again at the next beat", self.cluster_id,
+                            type(exc).__name__, exc)
 
     def close(self) -> None:
         """Disconnect, terminate every instance, delete the security group, tell the daemon. Safe to call twice."""

@@ -45,6 +45,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from guard.wire import OWNER_TAG
 from sdk.bootstrap import DASHBOARD_PORT, SCHEDULER_PORT, user_data, vm_config
 from sdk.errors import CapacityError, SdkError
 from sdk.spec import ClusterSpec
@@ -298,7 +299,7 @@ class _Run:
         """The tags of every resource of this cluster in ``role`` (scheduler, worker, or cluster for the group)."""
         expires = self.launched_at + timedelta(seconds=self.spec.max_lifetime_seconds)
         tags = {"Name": f"vmguard {self.cluster_id} {role}", **self.spec.tags,
-                "guard:managed": "true", "owner": self.spec.owner, "vmguard:cluster": self.cluster_id,
+                "guard:managed": "true", OWNER_TAG: self.spec.owner, "vmguard:cluster": self.cluster_id,
                 "vmguard:role": role, "vmguard:keepalive": str(self.spec.keepalive_seconds),
                 "vmguard:launched": self.launched_at.strftime(TIME_FORMAT),
                 "vmguard:expires": expires.strftime(TIME_FORMAT)}

@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 
 from guard.aws import Aws
 from guard.model import CLUSTER_TAG, Tags, freeze_tags
+from guard.wire import OWNER_TAG
 
 KEY_TAG = "guard:action-key"
 """Tag on a snapshot made by snapshot-then-delete: the action's idempotency key (found again after a crash)."""
@@ -294,10 +295,11 @@ class _ClusterView:
 class TerminateCluster(Executor):
     """Terminate an expired cluster the SDK registered: its instances, then its security group.
 
-    Only instances tagged with the managed tag AND ``vmguard:cluster=<id>`` are terminated (a registered id that is
-    not tagged so is left alone and named in the outcome); the security group is deleted once every one of them is
-    terminated, and only if it carries the same two tags. Any live instance or the group carrying the protection
-    tag stops the whole action. Params: instance_ids, region, security_group_id, managed_tag, protect_tag.
+    Only instances tagged with the managed tag AND ``vmguard:cluster=<id>`` AND ``owner=<the registered owner>``
+    are terminated (any other is left alone and named in the outcome: a registration cannot end another owner's
+    VMs); the security group is deleted once every one of them is terminated, and only if it carries the same three
+    tags. Any live instance or the group carrying the protection tag stops the whole action. Params: instance_ids,
+    region, security_group_id, managed_tag, protect_tag, owner (an intent without one owns nothing).
     """
 
     name = "terminate-cluster"
@@ -313,6 +315,12 @@ class TerminateCluster(Executor):
     def _look(self, aws: Aws, region: str, cluster_id: str, params: Mapping[str, Any]) -> _ClusterView:
         ec2 = aws.client("ec2", region)
         managed, protect = _pair(params["managed_tag"]), _pair(params["protect_tag"])
+        owner = params.get("owner")
+
+        def launched_for_it(tags: Tags) -> bool:
+            return (owner is not None and _has(tags, managed) and tags.get(CLUSTER_TAG) == cluster_id
+                    and tags.get(OWNER_TAG) == owner)
+
         registered = list(dict.fromkeys(params.get("instance_ids") or ()))
         filters = [[{"Name": "instance-id", "Values": registered[i:i + _CHUNK]}]
                    for i in range(0, len(registered), _CHUNK)]
@@ -328,7 +336,7 @@ class TerminateCluster(Executor):
         protected = []
         for instance_id, instance in instances.items():
             tags, state = freeze_tags(instance.get("Tags")), instance["State"]["Name"]
-            if _has(tags, managed) and tags.get(CLUSTER_TAG) == cluster_id:
+            if launched_for_it(tags):
                 ours[instance_id] = state
             else:
                 foreign[instance_id] = state
@@ -341,7 +349,7 @@ class TerminateCluster(Executor):
             group = found[0] if found else None
         if group is not None:
             tags = freeze_tags(group.get("Tags"))
-            group_ours = _has(tags, managed) and tags.get(CLUSTER_TAG) == cluster_id
+            group_ours = launched_for_it(tags)
             if _has(tags, protect):
                 protected.append(group["GroupId"])
         return _ClusterView(ours=ours, foreign=foreign, protected=sorted(protected), group=group,
@@ -383,8 +391,9 @@ class TerminateCluster(Executor):
         if waiting:
             return Outcome("in-progress", progress | {"waiting_for": waiting})
         if view.group is not None and not view.group_ours:
-            progress["security_group_kept"] = (f"{view.group['GroupId']}: not tagged {params['managed_tag']} and "
-                                               f"{CLUSTER_TAG}={resource_id}")
+            progress["security_group_kept"] = (f"{view.group['GroupId']}: not tagged {params['managed_tag']}, "
+                                               f"{CLUSTER_TAG}={resource_id} and "
+                                               f"{OWNER_TAG}={params.get('owner')}")
         elif view.group is not None:
             group_id = view.group["GroupId"]
             try:

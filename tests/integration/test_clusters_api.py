@@ -4,6 +4,8 @@ register → heartbeat → close, and the cluster metrics."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -12,10 +14,14 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from guard import wire
 from guard.daemon import Daemon
 from guard.rule import Registry
-from guard.sandbox import SandboxServer
+from guard.sandbox import SandboxServer, sandbox_client
+from guard.sandbox.images import image_for
 from guard.settings import load_settings
+from guard.wire import Heartbeat
+from sdk.daemon_client import DaemonClient, DaemonUnavailable
 
 ADMIN = "admin-token-0123456789"
 ALICE = "alice-token-0123456789"
@@ -31,6 +37,20 @@ def registration(cluster_id: str, owner: str = "alice", **changes: Any) -> dict[
             "instance_types": ["m7g.large", "m7g.large"], "security_group_id": GROUP, "keepalive_seconds": 600,
             "idle_timeout_seconds": 1800, "max_lifetime_seconds": 86400, "hourly_usd": 0.1632,
             "tags": {"project": "churn"}} | changes
+
+
+def launched(sandbox: SandboxServer, owner: str, cluster_id: str | None = None) -> list[str]:
+    """Two instances tagged as the SDK tags them for ``owner`` (the daemon checks a registration against them)."""
+    tags = {"owner": owner, "guard:managed": "true"} | ({"vmguard:cluster": cluster_id} if cluster_id else {})
+    reply = sandbox_client(sandbox.endpoint_url, "ec2", REGION).run_instances(
+        ImageId=image_for("m7g.large"), InstanceType="m7g.large", MinCount=2, MaxCount=2,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}])
+    return [instance["InstanceId"] for instance in reply["Instances"]]
+
+
+def owned(sandbox: SandboxServer, cluster_id: str, owner: str = "alice", **changes: Any) -> dict[str, Any]:
+    """A registration naming instances ``owner`` launched for the cluster."""
+    return registration(cluster_id, owner, instance_ids=launched(sandbox, owner, cluster_id), **changes)
 
 
 @pytest.fixture(scope="module")
@@ -63,9 +83,9 @@ def fields(response: httpx.Response) -> set[str]:
     return {error["loc"][-1] for error in body["detail"]}
 
 
-def test_every_v1_endpoint_needs_a_known_token(api) -> None:
+def test_every_v1_endpoint_needs_a_known_token(api, sandbox: SandboxServer) -> None:
     base, _ = api
-    assert post(base, "/v1/clusters", "alice", json=registration("vmg-auth0001")).status_code == 201
+    assert post(base, "/v1/clusters", "alice", json=owned(sandbox, "vmg-auth0001")).status_code == 201
     endpoints = [("GET", "/v1/findings", None), ("GET", "/v1/scans", None), ("GET", "/v1/actions", None),
                  ("GET", "/v1/actions/1", None), ("POST", "/v1/actions/1/approve", {"by": "eve"}),
                  ("GET", "/v1/clusters", None), ("GET", "/v1/clusters/vmg-auth0001", None),
@@ -103,14 +123,15 @@ def test_owner_tokens_read_v1_but_approve_nothing(api) -> None:
     assert post(base, "/v1/actions/99999/approve", "admin", json={"by": "carol"}).status_code == 404
 
 
-def test_register_heartbeat_close(api) -> None:
+def test_register_heartbeat_close(api, sandbox: SandboxServer) -> None:
     base, daemon = api
     before = datetime.now(timezone.utc)
-    created = post(base, "/v1/clusters", "alice", json=registration("vmg-life0001"))
+    payload = owned(sandbox, "vmg-life0001")
+    created = post(base, "/v1/clusters", "alice", json=payload)
     assert created.status_code == 201, created.text
     out = created.json()
     assert out | {"registered_at": None, "last_heartbeat": None, "last_activity": None, "expires_at": None} == \
-        registration("vmg-life0001") | {"account_id": None, "state": "running", "reason": None, "usage": {},
+        payload | {"account_id": None, "state": "running", "reason": None, "usage": {},
                                         "registered_at": None, "last_heartbeat": None, "last_activity": None,
                                         "expires_at": None}
     registered = datetime.fromisoformat(out["registered_at"])
@@ -118,7 +139,7 @@ def test_register_heartbeat_close(api) -> None:
     assert out["last_heartbeat"] == out["last_activity"] == out["registered_at"]
     assert datetime.fromisoformat(out["expires_at"]) == registered + timedelta(seconds=600)
 
-    again = post(base, "/v1/clusters", "alice", json=registration("vmg-life0001"))
+    again = post(base, "/v1/clusters", "alice", json=payload)
     assert again.status_code == 409 and "registered already" in again.json()["detail"]
 
     idle = post(base, "/v1/clusters/vmg-life0001/heartbeat", "alice", json={"workers": 1})
@@ -152,11 +173,11 @@ def test_register_heartbeat_close(api) -> None:
         assert missing.status_code == 404 and "no such cluster" in missing.json()["detail"]
 
 
-def test_owners_see_and_touch_only_their_clusters(api) -> None:
+def test_owners_see_and_touch_only_their_clusters(api, sandbox: SandboxServer) -> None:
     base, _ = api
-    assert post(base, "/v1/clusters", "alice", json=registration("vmg-alice001")).status_code == 201
-    assert post(base, "/v1/clusters", "bob", json=registration("vmg-bob00001", owner="bob")).status_code == 201
-    assert post(base, "/v1/clusters", "admin", json=registration("vmg-carol001", owner="carol")).status_code == 201
+    assert post(base, "/v1/clusters", "alice", json=owned(sandbox, "vmg-alice001")).status_code == 201
+    assert post(base, "/v1/clusters", "bob", json=owned(sandbox, "vmg-bob00001", owner="bob")).status_code == 201
+    assert post(base, "/v1/clusters", "admin", json=owned(sandbox, "vmg-carol001", owner="carol")).status_code == 201
     forged = post(base, "/v1/clusters", "alice", json=registration("vmg-forged01", owner="bob"))
     assert forged.status_code == 403 and "alice" in forged.json()["detail"]
     assert get(base, "/v1/clusters/vmg-forged01", "admin").status_code == 404  # nothing was registered
@@ -247,22 +268,26 @@ BAD_HEARTBEATS = [
 
 
 @pytest.mark.parametrize(("payload", "named"), BAD_HEARTBEATS)
-def test_malformed_heartbeats_are_422_naming_the_fields(api, payload: dict, named: set[str]) -> None:
+def test_malformed_heartbeats_are_422_naming_the_fields(api, sandbox: SandboxServer, payload: dict,
+                                                        named: set[str]) -> None:
     base, daemon = api
     if daemon.clusters.get("vmg-beat0001") is None:
-        assert post(base, "/v1/clusters", "alice", json=registration("vmg-beat0001")).status_code == 201
+        assert post(base, "/v1/clusters", "alice", json=owned(sandbox, "vmg-beat0001")).status_code == 201
     before = daemon.clusters.get("vmg-beat0001").heartbeats
     assert fields(post(base, "/v1/clusters/vmg-beat0001/heartbeat", "alice", json=payload)) == named
     assert daemon.clusters.get("vmg-beat0001").heartbeats == before
 
 
-def test_an_expired_cluster_refuses_heartbeats_and_close(api) -> None:
+def test_an_expired_cluster_refuses_heartbeats_and_close(api, sandbox: SandboxServer) -> None:
     base, daemon = api
-    assert post(base, "/v1/clusters", "bob", json=registration("vmg-gone0001", owner="bob")).status_code == 201
+    assert post(base, "/v1/clusters", "bob", json=owned(sandbox, "vmg-gone0001", owner="bob")).status_code == 201
     report = daemon.keepalive.check(now=datetime.now(timezone.utc) + timedelta(minutes=11))
     assert "vmg-gone0001" in report.expired
+    for _ in range(5):  # the instances take a check or two to be terminated
+        if daemon.clusters.get("vmg-gone0001").state == "terminated":
+            break
+        daemon.keepalive.check(now=datetime.now(timezone.utc) + timedelta(minutes=11))
     out = get(base, "/v1/clusters/vmg-gone0001", "bob").json()
-    # the registered ids exist nowhere: the action finds its goal holding and the cluster counts as terminated
     assert out["state"] == "terminated" and out["account_id"] == "123456789012"
     assert out["reason"].startswith("no heartbeat for 11m") and "(keepalive 10m)" in out["reason"]
     beat = post(base, "/v1/clusters/vmg-gone0001/heartbeat", "bob", json={})
@@ -274,10 +299,10 @@ def test_an_expired_cluster_refuses_heartbeats_and_close(api) -> None:
         ("terminate-cluster", "vmg-gone0001", "done")]
 
 
-def test_cluster_metrics(api) -> None:
+def test_cluster_metrics(api, sandbox: SandboxServer) -> None:
     base, _ = api
-    assert post(base, "/v1/clusters", "bob", json=registration("vmg-metric01", owner="bob",
-                                                                hourly_usd=2.5)).status_code == 201
+    assert post(base, "/v1/clusters", "bob", json=owned(sandbox, "vmg-metric01", owner="bob",
+                                                       hourly_usd=2.5)).status_code == 201
     for _ in range(3):
         assert post(base, "/v1/clusters/vmg-metric01/heartbeat", "bob", json={"tasks_processing": 1}).status_code == 200
     clusters = get(base, "/v1/clusters", "admin").json()
@@ -295,3 +320,37 @@ def test_cluster_metrics(api) -> None:
     assert beats.type == "counter"
     totals = {s.labels["owner"]: s.value for s in beats.samples if s.name == "guard_cluster_heartbeats_total"}
     assert totals["bob"] >= 3 and set(totals) <= {"alice", "bob", "carol"}
+
+
+def test_a_cluster_is_registered_only_by_the_owner_of_its_instances(api, sandbox: SandboxServer) -> None:
+    base, daemon = api
+    bobs = launched(sandbox, "bob", cluster_id="vmg-bobs0002")
+    for payload in (registration("vmg-steal001", instance_ids=bobs),  # bob's instances under alice's name
+                    registration("vmg-bobs0002", instance_ids=launched(sandbox, "alice")),  # under bob's cluster id
+                    registration("vmg-steal002", instance_ids=launched(sandbox, "alice") + bobs[:1])):
+        for who in ("alice", "admin"):  # the admin token cannot vouch for an owner either
+            refused = post(base, "/v1/clusters", who, json=payload)
+            assert refused.status_code == 403, refused.text
+            assert "tagged owner=bob, not owner=alice" in refused.json()["detail"]
+            assert daemon.clusters.get(payload["cluster_id"]) is None
+    unknown = post(base, "/v1/clusters", "alice", json=registration("vmg-unseen01", instance_ids=[SCHEDULER]))
+    assert unknown.status_code == 503 and unknown.headers["Retry-After"]
+    assert f"does not show instance {SCHEDULER}" in unknown.json()["detail"]
+    assert post(base, "/v1/clusters", "bob", json=registration("vmg-bobs0002", "bob",
+                                                                instance_ids=bobs)).status_code == 201
+
+
+def test_the_sdk_warns_with_the_reason_when_a_heartbeat_or_registration_fails(
+        api, caplog: pytest.LogCaptureFixture) -> None:
+    base, _ = api
+    with caplog.at_level(logging.WARNING, logger="sdk.daemon_client"):
+        assert DaemonClient(base, "wrong-token-0123456789").heartbeat("vmg-life0001", Heartbeat()) is False
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING and "HTTP 401" in record.getMessage()
+    assert "missing or wrong bearer token" in record.getMessage()
+
+    unseen = wire.ClusterRegistration(**registration("vmg-unseen02", instance_ids=[SCHEDULER]))
+    started = time.monotonic()
+    with pytest.warns(DaemonUnavailable, match=f"HTTP 503 .*does not show instance {SCHEDULER}"):
+        assert DaemonClient(base, ALICE, register_attempts=2).register(unseen) is False
+    assert time.monotonic() - started >= 2  # asked again after the Retry-After the daemon gave

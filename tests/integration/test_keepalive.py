@@ -152,6 +152,23 @@ def test_an_expired_cluster_is_terminated_in_observe_mode_and_nothing_else_is(ec
     assert len(audit_rows(guard)) == 1
 
 
+def test_a_registration_never_ends_another_owners_instances(ec2, daemon) -> None:
+    bobs, bobs_group = launch(ec2, "vmg-bobs0001", owner="bob")  # bob's cluster, which bob never registered
+    alices, alices_group = launch(ec2, "vmg-alices01")
+    guard = daemon(mode="enforce", allowed_accounts=ACCOUNT)
+    # alice registers bob's cluster id, naming bob's instances and group; and her own cluster, naming bob's too
+    register(guard.clusters, "vmg-bobs0001", bobs, bobs_group)
+    register(guard.clusters, "vmg-alices01", alices + bobs[:1], alices_group)
+
+    report = guard.keepalive.check(now=T0 + timedelta(minutes=2))
+    assert sorted(report.actions.results) == [("keepalive", "terminate-cluster", DONE),
+                                              ("keepalive", "terminate-cluster", "skipped-unmanaged")]
+    assert states(ec2, bobs) == dict.fromkeys(bobs, "running") and group_exists(ec2, bobs_group)
+    assert states(ec2, alices) == dict.fromkeys(alices, "terminated") and not group_exists(ec2, alices_group)
+    done = next(row for row in audit_rows(guard) if row.resource_id == "vmg-alices01")
+    assert done.detail["left_alone"] == bobs[:1]
+
+
 def test_a_protected_cluster_is_skipped_and_stays_expired(ec2, daemon) -> None:
     cluster_id = "vmg-protect1"
     ids, group = launch(ec2, cluster_id, protect_worker=True)

@@ -213,8 +213,10 @@ def run(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug loggi
         daemon.check_listen()
     except (StoreError, ConfigError) as exc:
         raise _fail(str(exc)) from None
-    if daemon.token_generated:
-        err.print(f"GUARD_API_TOKEN is not set; this run's API token is {daemon.api_token}")
+    if daemon.token_stored:
+        made = "generated now" if daemon.token_generated else "generated on its first start"
+        err.print(f"GUARD_API_TOKEN is not set; the API token ({made}, kept in the database, the same after a "
+                  f"restart) is {daemon.api_token}")
     err.print(f"vmguard {settings.mode} mode: scanning {', '.join(settings.regions)} every "
               f"{int(settings.scan_interval.total_seconds())}s; serving http://{settings.listen}/metrics")
     _describe_actions(settings)

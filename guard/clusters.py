@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -77,12 +78,18 @@ class ClusterRow(Base):
     state_changed_at: Mapped[datetime] = mapped_column(UTCDateTime)
     action_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     """The audit row of the terminate-cluster action keepalive enforcement took."""
+    watched_since: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    """When the daemon last started watching it afresh (its start, or the end of a time it could not receive
+    heartbeats): the keepalive and idle timeout count from no earlier than this."""
+
+    def _since(self, moment: datetime) -> datetime:
+        return max(moment, self.watched_since) if self.watched_since is not None else moment
 
     def deadline(self) -> tuple[datetime, str]:
         """When the cluster expires if nothing changes, and which limit that is (keepalive, idle, lifetime)."""
-        limits = [(self.last_heartbeat + timedelta(seconds=self.keepalive_seconds), "keepalive")]
+        limits = [(self._since(self.last_heartbeat) + timedelta(seconds=self.keepalive_seconds), "keepalive")]
         if self.idle_timeout_seconds is not None:
-            limits.append((self.last_activity + timedelta(seconds=self.idle_timeout_seconds), "idle"))
+            limits.append((self._since(self.last_activity) + timedelta(seconds=self.idle_timeout_seconds), "idle"))
         if self.max_lifetime_seconds is not None:
             limits.append((self.registered_at + timedelta(seconds=self.max_lifetime_seconds), "lifetime"))
         return min(limits)
@@ -155,6 +162,12 @@ class ClusterRegistry:
         except IntegrityError:
             return None
         return row
+
+    def watch_from(self, now: datetime) -> int:
+        """Every running cluster's keepalive and idle timeout count from ``now`` at the earliest; how many."""
+        with self.store.session() as session, session.begin():
+            return session.execute(update(ClusterRow).where(ClusterRow.state == RUNNING)
+                                   .values(watched_since=now)).rowcount
 
     def get(self, cluster_id: str) -> ClusterRow | None:
         with self.store.session() as session:
@@ -281,6 +294,11 @@ class Keepalive:
     The terminate-cluster action is the one the user asked for at launch, so it runs in every mode (unless
     ``enforce_keepalive`` is off) — but like every action it is written to the audit trail before its first AWS
     call, finished after a crash by looking at the instances first, and skipped when a protection tag is found.
+
+    A heartbeat the daemon could not receive must not count against a cluster: at the first check (the daemon just
+    started: an upgrade, a reboot) and at the first check after a gap (no successful check for
+    ``3 × keepalive_check_interval`` of wall-clock time: a suspended host, a database outage), every running
+    cluster is watched afresh, so none expires on keepalive or idle timeout before one full period from then.
     """
 
     def __init__(self, settings, clusters: ClusterRegistry, actuator: Actuator, aws: Aws):
@@ -289,11 +307,19 @@ class Keepalive:
         self.actuator = actuator
         self.aws = aws
         self._lock = threading.Lock()
+        self._last_checked: float | None = None
+        """Wall-clock time (``time.time()``, which counts a suspended host's sleep) of the last successful check."""
+
+    @property
+    def gap_seconds(self) -> float:
+        """A longer time without a successful check is a time the daemon may have missed heartbeats."""
+        return 3 * self.settings.keepalive_check_interval.total_seconds()
 
     def check(self, now: datetime | None = None) -> KeepaliveReport:
         now = now or datetime.now(timezone.utc)
         report = KeepaliveReport()
         with self._lock:
+            self._watch_afresh_after_a_gap(now)
             for row in self.clusters.clusters(state=RUNNING):
                 reason = row.expiry_reason(now)
                 if reason is None:
@@ -306,7 +332,20 @@ class Keepalive:
             intents = self._intents(now) if self.settings.enforce_keepalive else []
             report.actions = self.actuator.act_up_front(intents, TERMINATE_CLUSTER.name, now)
             self._follow_actions(now)
+            self._last_checked = time.time()
         return report
+
+    def _watch_afresh_after_a_gap(self, now: datetime) -> None:
+        wall = time.time()
+        if self._last_checked is not None and wall - self._last_checked <= self.gap_seconds:
+            return
+        why = ("the daemon started" if self._last_checked is None
+               else f"no keepalive check for {format_duration(timedelta(seconds=round(wall - self._last_checked)))}")
+        count = self.clusters.watch_from(now)
+        if count:
+            log.info("%s: the %d running cluster%s may have sent heartbeats the daemon did not receive; none expires "
+                     "on keepalive or idle timeout before a full period from now", why, count,
+                     "s" if count != 1 else "")
 
     def intent(self, row: ClusterRow, account_id: str) -> Intent:
         """The terminate-cluster action for an expired cluster (one per cluster: its key is the cluster's)."""

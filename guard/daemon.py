@@ -4,7 +4,6 @@ every few seconds; uvicorn serves the API, same process."""
 from __future__ import annotations
 
 import logging
-import secrets
 import signal
 import socket
 import threading
@@ -13,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 import uvicorn
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from guard.admin_token import stored_admin_token
 from guard.api import create_app
 from guard.aws import Aws
 from guard.clusters import ClusterRegistry, Keepalive, KeepaliveReport
@@ -39,9 +39,12 @@ class Daemon:
                                      regions=settings.regions, clusters=self.clusters)
         self.scanner = Scanner(settings, registry, self.aws, self.store, on_scan=self._on_scan)
         self.keepalive = Keepalive(settings, self.clusters, self.scanner.actuator, self.aws)
-        self.token_generated = settings.api_token is None
-        self.api_token = (settings.api_token.get_secret_value() if settings.api_token
-                          else secrets.token_urlsafe(24))
+        if settings.api_token is not None:
+            self.api_token, self.token_generated = settings.api_token.get_secret_value(), False
+        else:
+            self.api_token, self.token_generated = stored_admin_token(self.store)
+        self.token_stored = settings.api_token is None
+        """The admin token is the database's (GUARD_API_TOKEN is not set): the same across restarts."""
         self._ready: set[str] = set()
         self._ready_lock = threading.Lock()
         self._failing: dict[str, frozenset[str]] = {}

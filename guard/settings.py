@@ -68,7 +68,8 @@ class Settings(BaseSettings):
         "how often CloudWatch series are fetched again (GetMetricData bills $0.01 per 1,000 metrics); "
         "scans in between reuse them"))
     api_token: SecretStr | None = Field(None, description=(
-        "admin bearer token for /v1/… (sees and does everything); a random one is made if unset"))
+        "admin bearer token for /v1/… (sees and does everything); if unset, one is generated on the first start and "
+        "kept in the database, so it stays the same across restarts"))
     api_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict, description=(
         "per-owner bearer tokens, owner=token pairs (comma-separated in GUARD_API_TOKENS): an owner's token registers, "
         "heartbeats, closes and lists only that owner's clusters, and reads /v1 like the admin token"))

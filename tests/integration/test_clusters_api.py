@@ -280,6 +280,7 @@ def test_malformed_heartbeats_are_422_naming_the_fields(api, sandbox: SandboxSer
 
 def test_an_expired_cluster_refuses_heartbeats_and_close(api, sandbox: SandboxServer) -> None:
     base, daemon = api
+    daemon.keepalive.check()  # the daemon was watching before the cluster registered
     assert post(base, "/v1/clusters", "bob", json=owned(sandbox, "vmg-gone0001", owner="bob")).status_code == 201
     report = daemon.keepalive.check(now=datetime.now(timezone.utc) + timedelta(minutes=11))
     assert "vmg-gone0001" in report.expired

@@ -11,7 +11,9 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+import httpx
 import pytest
 from faults import FaultProxy
 from prometheus_client.parser import text_string_to_metric_families
@@ -46,6 +48,7 @@ def daemon(make_settings, registry: Registry) -> Iterator[Callable[..., Daemon]]
 
     def make(**overrides) -> Daemon:
         made.append(Daemon(make_settings(**({"regions": [REGION]} | overrides)), registry, Aws()))
+        made[-1].keepalive.check(now=T0 - timedelta(seconds=1))  # watching since before the clusters registered
         return made[-1]
 
     yield make
@@ -361,11 +364,12 @@ def test_the_scheduled_job_terminates_a_backdated_cluster_within_seconds(ec2, da
     cluster_id = "vmg-schedule"
     ids, group = launch(ec2, cluster_id, workers=1)
     guard = daemon(keepalive_check_interval="1s", api_token="admin-token-0123456789")
-    now = datetime.now(timezone.utc)
-    register(guard.clusters, cluster_id, ids, group, now=now)
     guard.start_scheduler(first_scan_now=False)
     job = guard.scheduler.get_job("keepalive")
     assert job is not None and job.trigger.interval == timedelta(seconds=1)
+    time.sleep(0.5)  # the daemon runs (its first check is done) when the cluster registers
+    now = datetime.now(timezone.utc)
+    register(guard.clusters, cluster_id, ids, group, now=now)
     time.sleep(1.5)
     assert guard.clusters.get(cluster_id).state == RUNNING  # heartbeat fresh: nothing happens
     guard.clusters.set_fields(cluster_id, last_heartbeat=now - timedelta(seconds=61))  # the laptop went away
@@ -380,3 +384,67 @@ def test_the_scheduled_job_terminates_a_backdated_cluster_within_seconds(ec2, da
     assert [s.value for s in done] == [1.0]
     clusters = {s.labels["state"]: s.value for s in metrics["guard_clusters"].samples}
     assert clusters["terminated"] == 1 and clusters["running"] == 0
+
+
+# -- restarts and gaps: heartbeats the daemon could not receive never count against a cluster -----------------------
+
+
+def test_after_a_restart_no_cluster_expires_before_a_full_keepalive(ec2, make_settings, registry: Registry) -> None:
+    cluster_id = "vmg-restart1"
+    ids, group = launch(ec2, cluster_id, workers=1)
+    before = Daemon(make_settings(regions=[REGION]), registry, Aws())
+    before.keepalive.check(now=T0 - timedelta(seconds=1))
+    register(before.clusters, cluster_id, ids, group, keepalive=60, idle=600)
+    before.shutdown()  # the daemon is down for an hour (an upgrade): the cluster's heartbeats reach nobody
+
+    started = T0 + timedelta(hours=1)
+    after = Daemon(make_settings(regions=[REGION]), registry, Aws())
+    try:
+        report = after.keepalive.check(now=started)  # its first check, right at start
+        assert report.expired == [] and after.clusters.get(cluster_id).state == RUNNING
+        shown = after.clusters.get(cluster_id).as_dict()
+        assert datetime.fromisoformat(shown["expires_at"]) == started + timedelta(seconds=60)
+        assert after.keepalive.check(now=started + timedelta(seconds=59)).expired == []
+
+        after.clusters.heartbeat(cluster_id, Heartbeat(), started + timedelta(seconds=30))  # the SDK got through
+        assert after.keepalive.check(now=started + timedelta(seconds=61)).expired == []
+        report = after.keepalive.check(now=started + timedelta(seconds=91))  # and then fell silent for a keepalive
+        assert report.expired == [cluster_id]
+        assert set(states(ec2, ids).values()) <= {"shutting-down", "terminated"}
+    finally:
+        after.shutdown()
+
+
+def test_after_a_gap_in_the_checks_no_cluster_expires_before_a_full_keepalive(ec2, daemon) -> None:
+    cluster_id = "vmg-gap00001"
+    ids, group = launch(ec2, cluster_id, workers=1)
+    guard = daemon(keepalive_check_interval="1s")  # a gap: no successful check for 3 s of wall-clock time
+    register(guard.clusters, cluster_id, ids, group, keepalive=60)
+    assert guard.keepalive.check(now=T0 + timedelta(seconds=30)).expired == []
+    time.sleep(guard.keepalive.gap_seconds + 0.2)  # the host was suspended, the database unreachable…
+    resumed = T0 + timedelta(minutes=10)
+    assert guard.keepalive.check(now=resumed).expired == []
+    assert guard.clusters.get(cluster_id).deadline() == (resumed + timedelta(seconds=60), "keepalive")
+    assert guard.keepalive.check(now=resumed + timedelta(seconds=61)).expired == [cluster_id]
+
+
+def test_the_admin_token_survives_a_restart(make_settings, registry: Registry, database_url: str, serve,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GUARD_API_TOKEN", raising=False)
+    first = Daemon(make_settings(regions=[REGION]), registry, Aws())
+    token, generated = first.api_token, first.token_generated
+    first.shutdown()
+    second = Daemon(make_settings(regions=[REGION]), registry, Aws())
+    try:
+        assert generated is True and second.token_generated is False and second.api_token == token
+        assert len(token) >= 24
+        assert Path(database_url.removeprefix("sqlite:///")).stat().st_mode & 0o777 == 0o600  # it holds a credential
+        with serve(second.app) as base:
+            assert httpx.get(f"{base}/v1/clusters", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    finally:
+        second.shutdown()
+    chosen = Daemon(make_settings(regions=[REGION], api_token="chosen-token-0123456789"), registry, Aws())
+    try:
+        assert chosen.api_token == "chosen-token-0123456789" and not chosen.token_stored  # GUARD_API_TOKEN wins
+    finally:
+        chosen.shutdown()

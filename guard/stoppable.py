@@ -127,3 +127,13 @@ def facts_of(instance: Instance, instance_storage: Mapping[str, bool] | None) ->
 def acts_on_instances(rule) -> bool:
     """The rule's configured action is a stop or terminate of instances (so the decision above applies)."""
     return rule.resource_type == "instance" and rule.config.enabled and rule.config.action in INSTANCE_ACTIONS
+
+INSTANCE_STORE_TYPE_PATTERNS: tuple[str, ...] = (
+    "*d.*", "*dn.*", "*de.*",  # the "d" suffix: m5d, c6gd, r6id, z1d, g4ad, p4d, g4dn, m5dn, x2iedn, p4de…
+    "c1.*", "c3.*", "cc2.*", "cr1.*", "d2.*", "d3.*", "d3en.*", "dl1.*", "f1.*", "f2.*", "g2.*", "g5.*", "g6.*",
+    "g6e.*", "gr6.*", "h1.*", "hi1.*", "hs1.*", "i2.*", "i3.*", "i3en.*", "i4g.*", "i4i.*", "i7i.*", "i7ie.*",
+    "i8g.*", "i8ge.*", "im4gn.*", "is4gen.*", "m1.*", "m2.*", "m3.*", "p5.*", "p5e.*", "p5en.*", "p6-b200.*",
+    "r3.*", "trn1.*", "trn1n.*", "trn2.*", "x1.*", "x1e.*",
+)
+"""``ec2:InstanceType`` patterns of the types with instance-store volumes, for the IAM enforce policy's Deny — a
+backstop only: the daemon itself asks DescribeInstanceTypes, which also knows types newer than this list."""

@@ -18,6 +18,7 @@ from guard.actions.runner import ActionReport, Actuator
 from guard.aws import Aws, describe_aws_error
 from guard.clusters import ClusterRegistry
 from guard.collectors import RESOURCE_COLLECTORS, collect_listings, collect_log_samples, collect_metrics
+from guard.collectors.instances import collect_instance_storage
 from guard.model import (
     SNAPSHOT_PARTS,
     Evaluation,
@@ -31,6 +32,7 @@ from guard.model import (
 from guard.pricing import PriceCatalog, default_catalog
 from guard.rule import Context, Registry, Rule
 from guard.settings import Settings
+from guard.stoppable import acts_on_instances, facts_of, stop_hazard
 from guard.store import Store
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,8 @@ class Scanner:
         self.on_scan = on_scan
         self._metric_cache: dict[str, tuple[datetime, dict[MetricQuery, Series]]] = {}
         self._sample_cache: dict[str, tuple[datetime, dict[LogSampleRequest, LogSample]]] = {}
+        self._storage_cache: dict[tuple[str, str], bool | None] = {}
+        """(region, instance type) → has instance store (None: AWS did not describe it); types do not change."""
         self.rules: list[Rule] = [
             registry.rules[rule_id](settings.rule_configs[rule_id]) for rule_id in settings.enabled_rules()
         ]
@@ -139,6 +143,7 @@ class Scanner:
                 continue
             billing = rule.billing or rule.id
             evaluation = replace(evaluation, findings=tuple(replace(f, billing=billing) for f in evaluation.findings))
+            evaluation = self._say_why_not_acted_on(rule, snapshot, evaluation)
             evaluations[rule.id] = evaluation
             reconciled = self.store.reconcile(account_id, region, rule.id, evaluation.findings,
                                               evaluation.undetermined, now=started)
@@ -191,6 +196,11 @@ class Scanner:
                     broken[rule.id] = f"{type(exc).__name__} while asking for {part}: {exc}"
             return asked
 
+        acting = [rule for rule in self.rules if acts_on_instances(rule)]
+        if acting and self.settings.mode != "observe" and parts.get("instances") is not None:
+            types = {instance.instance_type for instance in parts["instances"]}  # type: ignore[attr-defined]
+            progress(region, "reading instance types")
+            fetch("instance_storage", lambda: MappingProxyType(self._instance_storage(region, types)))
         if "clusters" in needs:
             progress(region, "reading registered clusters' usage")
             fetch("clusters", lambda: self.clusters.usage(now))
@@ -218,6 +228,30 @@ class Scanner:
             errors.append({"source": f"collector:{part}", "error": error})
         return Snapshot(account_id=account_id, region=region, taken_at=now,
                         failures=MappingProxyType(failures), **parts)
+
+    def _instance_storage(self, region: str, types: set[str]) -> dict[str, bool]:
+        """Whether each type has instance-store volumes: read once per type and region for the process's life."""
+        missing = sorted(t for t in types if (region, t) not in self._storage_cache)
+        if missing:
+            found = collect_instance_storage(self.aws, region, missing)
+            self._storage_cache.update({(region, t): found.get(t) for t in missing})
+        return {t: self._storage_cache[(region, t)] for t in types if self._storage_cache[(region, t)] is not None}
+
+    def _say_why_not_acted_on(self, rule: Rule, snapshot: Snapshot, evaluation: Evaluation) -> Evaluation:
+        """A finding whose instance a rule's stop or terminate must leave alone says so, and why, in its evidence."""
+        if not acts_on_instances(rule) or self.settings.mode == "observe" or snapshot.instances is None:
+            return evaluation
+        instances = {instance.id: instance for instance in snapshot.instances}
+        findings = []
+        for finding in evaluation.findings:
+            instance = instances.get(finding.resource_id)
+            hazard = stop_hazard(facts_of(instance, snapshot.instance_storage),
+                                 act_on_instance_store=rule.config.act_on_instance_store) if instance else None
+            if hazard is not None:
+                finding = replace(finding, evidence={**finding.evidence, "not_acted_on": {
+                    "action": rule.config.action, "result": hazard.result, "reason": hazard.reason}})
+            findings.append(finding)
+        return replace(evaluation, findings=tuple(findings))
 
     def _log_samples(self, region: str, requests: list[LogSampleRequest], now: datetime) -> dict[str, LogSample]:
         """Log samples, read again only every ``metrics_refresh`` per log group (each read is several calls)."""

@@ -1,7 +1,9 @@
 """Least-privilege IAM policies for the daemon: what the enabled rules read, and what their actions change.
 
 The enforce policy allows each configured action's calls only on resources tagged ``guard:managed`` unless the rule
-opts in to unmanaged resources, and denies every mutating call on a resource carrying the protection tag — so the
+opts in to unmanaged resources, denies a rule's stop or terminate of the instances the daemon never stops (spot,
+Auto Scaling, managed-service nodes, instance store unless opted in), and denies every mutating call on a resource
+carrying the protection tag — so the
 account itself holds the gates even if the daemon had a bug. Keepalive enforcement of registered clusters (on unless
 ``enforce_keepalive = false``) runs in every mode, so both policies then allow its two calls, on ``guard:managed``
 resources only and never on protected ones.
@@ -14,6 +16,13 @@ from collections.abc import Iterable
 
 from guard.actions.executors import EXECUTORS, TERMINATE_CLUSTER, Executor
 from guard.rule import Rule, RuleConfig
+from guard.stoppable import (
+    AUTOSCALING_TAG,
+    INSTANCE_ACTIONS,
+    INSTANCE_STORE_TYPE_PATTERNS,
+    MANAGED_SERVICE_TAGS,
+    acts_on_instances,
+)
 
 _SERVICE_PREFIX = {
     "cloudwatch-logs": "logs",
@@ -25,6 +34,7 @@ _ACTION = {
 }
 """Operations whose IAM action is not named after them."""
 NO_PERMISSION_NEEDED = frozenset({"sts:GetCallerIdentity"})
+DESCRIBE_INSTANCE_TYPES = "ec2:DescribeInstanceTypes"
 """Operations AWS allows to every principal."""
 
 
@@ -38,7 +48,10 @@ def observe_policy(rules: Iterable[type[Rule] | Rule], keepalive: bool = False,
                    protect_tag: tuple[str, str] = ("guard:protect", "true")) -> dict:
     """A read-only policy: the union of the rules' permissions (observe mode makes no other mutating call) — plus,
     with ``keepalive``, the calls that terminate an expired registered cluster (managed, unprotected resources)."""
+    rules = list(rules)
     actions = {permission for rule in rules for permission in rule.iam_permissions}
+    if any(isinstance(rule, Rule) and acts_on_instances(rule) for rule in rules):
+        actions.add(DESCRIBE_INSTANCE_TYPES)  # dry-run reads whether a planned stop would erase instance store
     statements: list[dict] = []
     if keepalive:
         actions |= _keepalive_reads()
@@ -103,6 +116,7 @@ def enforce_policy(rules: list[Rule], managed_tag: tuple[str, str], protect_tag:
     statements: list[dict] = [{"Sid": "VmguardObserve", "Effect": "Allow", "Action": sorted(reads), "Resource": "*"}]
     for name, unconditioned in sorted(used.items()):
         statements += _action_statements(EXECUTORS[name], managed_tag, conditioned=not unconditioned)
+    statements += _never_stop_statements(rules, used)
     mutating = {op for name in used for op in EXECUTORS[name].operations} - {"ec2:CreateTags"}
     if keepalive:
         statements += _keepalive_statements(managed_tag)
@@ -110,6 +124,30 @@ def enforce_policy(rules: list[Rule], managed_tag: tuple[str, str], protect_tag:
     if mutating:
         statements.append(_protect_statement(mutating, protect_tag))
     return {"Version": "2012-10-17", "Statement": statements}
+
+
+def _never_stop_statements(rules: list[Rule], used: dict[str, bool]) -> list[dict]:
+    """Denies of a rule's stop or terminate where the daemon never makes them (``guard.stoppable``): spot instances,
+    Auto Scaling group members, nodes of managed services (the exact tag keys; IAM cannot match a key prefix), and —
+    unless a rule acting on instances sets ``act_on_instance_store`` — the types with instance-store volumes.
+    Keepalive termination of an SDK cluster is not a rule's action and is not denied."""
+    actions = sorted({op for name in used if name in INSTANCE_ACTIONS for op in EXECUTORS[name].operations})
+    if not actions:
+        return []
+    resource = "arn:aws:ec2:*:*:instance/*"
+    statements = [{"Sid": "VmguardNeverStopSpot", "Effect": "Deny", "Action": actions, "Resource": resource,
+                   "Condition": {"StringEquals": {"ec2:InstanceMarketType": "spot"}}}]
+    keys = [AUTOSCALING_TAG, *dict.fromkeys(key for key, _ in MANAGED_SERVICE_TAGS)]
+    for number, key in enumerate(keys, start=1):
+        statements.append({"Sid": f"VmguardNeverStopTagged{number}", "Effect": "Deny", "Action": actions,
+                           "Resource": resource, "Condition": {"Null": {f"aws:ResourceTag/{key}": "false"}}})
+    opted_in = any(rule.config.act_on_instance_store for rule in rules
+                   if rule.config.enabled and rule.config.action in INSTANCE_ACTIONS)
+    if not opted_in:
+        statements.append({"Sid": "VmguardNeverStopInstanceStore", "Effect": "Deny", "Action": actions,
+                           "Resource": resource,
+                           "Condition": {"StringLike": {"ec2:InstanceType": list(INSTANCE_STORE_TYPE_PATTERNS)}}})
+    return statements
 
 
 def _sid(name: str) -> str:

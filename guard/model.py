@@ -42,6 +42,9 @@ class Instance:
     volume_ids: tuple[str, ...] = ()
     stopped_since: datetime | None = None
     """When a stopped instance was stopped (from AWS's StateTransitionReason), if known."""
+    lifecycle: str | None = None
+    """AWS's InstanceLifecycle: ``spot``, ``scheduled``, ``capacity-block``; None for on-demand."""
+    spot_request_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,9 @@ class Snapshot:
     log_samples: Mapping[str, LogSample] | None = None
     clusters: tuple[ClusterUsage, ...] | None = None
     """Running clusters the SDK registered with the daemon (every region: S3 buckets are not regional to them)."""
+    instance_storage: Mapping[str, bool] | None = None
+    """Instance type → whether it has instance-store volumes (DescribeInstanceTypes), for the types of the
+    instances a rule's stop or terminate may act on; a type AWS did not describe is absent (unknown)."""
     failures: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def known(self, part: str) -> bool:

@@ -44,6 +44,9 @@ class RuleConfig(BaseModel):
         "the stop must hold"))
     act_on_unmanaged: bool = Field(False, description=(
         "allow destructive actions on resources without the guard:managed tag (not launched by the SDK)"))
+    act_on_instance_store: bool = Field(False, description=(
+        "allow stop/terminate of instances whose type has instance-store volumes (m5d, g4dn, g5, p4d, i3…): "
+        "a stop erases them"))
 
 
 ACTION_SETTINGS = frozenset(RuleConfig.model_fields)

@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 
 from guard.aws import Aws
 from guard.model import CLUSTER_TAG, Tags, freeze_tags
+from guard.stoppable import InstanceFacts
 from guard.wire import OWNER_TAG
 
 KEY_TAG = "guard:action-key"
@@ -35,6 +36,8 @@ class Observed:
     """The action's effect already holds (stopped, released, retention set…): nothing to call."""
     blocker: str | None = None
     """Why the action must not go ahead although the resource exists (e.g. the volume was attached again)."""
+    instance: InstanceFacts | None = None
+    """For a stop or terminate: what decides whether stopping the instance is harmless (``guard.stoppable``)."""
 
 
 @dataclass(frozen=True)
@@ -91,12 +94,24 @@ def _instance(aws: Aws, region: str, instance_id: str) -> dict | None:
                          for i in r["Instances"]])
 
 
+def _instance_facts(aws: Aws, region: str, raw: dict) -> InstanceFacts:
+    """The instance's facts as AWS shows them now, its type's instance store included (None if it cannot be read)."""
+    instance_type = raw.get("InstanceType", "")
+    try:
+        found = aws.client("ec2", region).describe_instance_types(
+            Filters=[{"Name": "instance-type", "Values": [instance_type]}])["InstanceTypes"]
+        store = bool(found[0].get("InstanceStorageSupported")) if found else None
+    except ClientError:
+        store = None
+    return InstanceFacts.from_describe(raw, instance_store=store)
+
+
 class Stop(Executor):
     name = "stop"
     resource_type = "instance"
     destructive = False
     operations = ("ec2:StopInstances",)
-    reads = ("ec2:DescribeInstances",)
+    reads = ("ec2:DescribeInstances", "ec2:DescribeInstanceTypes")
     iam_resource = "arn:aws:ec2:{region}:{account}:instance/*"
 
     def observe(self, aws, region, resource_id, params) -> Observed:
@@ -106,8 +121,9 @@ class Stop(Executor):
         state = raw["State"]["Name"]
         if state in ("shutting-down", "terminated"):
             return Observed(exists=False, state=state)
-        return Observed(exists=True, tags=freeze_tags(raw.get("Tags")), state=state,
-                        goal_reached=state in ("stopping", "stopped"))
+        goal = state in ("stopping", "stopped")
+        return Observed(exists=True, tags=freeze_tags(raw.get("Tags")), state=state, goal_reached=goal,
+                        instance=None if goal else _instance_facts(aws, region, raw))
 
     def execute(self, aws, region, resource_id, params, detail, started_at, now) -> Outcome:
         with aws.mutating(*self.operations):
@@ -119,7 +135,7 @@ class Terminate(Executor):
     name = "terminate"
     resource_type = "instance"
     operations = ("ec2:TerminateInstances",)
-    reads = ("ec2:DescribeInstances",)
+    reads = ("ec2:DescribeInstances", "ec2:DescribeInstanceTypes")
     iam_resource = "arn:aws:ec2:{region}:{account}:instance/*"
 
     def observe(self, aws, region, resource_id, params) -> Observed:
@@ -133,7 +149,8 @@ class Terminate(Executor):
         blocker = None
         if params.get("after_stop") and state != "stopped":
             blocker = f"the stop was undone (the instance is {state})"
-        return Observed(exists=True, tags=tags, state=state, blocker=blocker)
+        return Observed(exists=True, tags=tags, state=state, blocker=blocker,
+                        instance=None if blocker else _instance_facts(aws, region, raw))
 
     def execute(self, aws, region, resource_id, params, detail, started_at, now) -> Outcome:
         with aws.mutating(*self.operations):

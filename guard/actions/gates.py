@@ -1,9 +1,11 @@
 """The safety gates, as one pure function: which candidate actions run, are planned, wait, or are held back.
 
-Gates apply in DESIGN.md's order: mode → protection (tag; account/region allow-list) → scope (guard:managed or the
-rule's opt-in) → grace (and the announcement) and minimum age → blast radius (per-cycle and per-hour caps, circuit
-breaker). "Reversible first" is built into the candidates: a terminate that must follow a stop is a stop until the
-stop has held. No I/O here, so the gates can be checked over any inventory and configuration.
+Gates apply in DESIGN.md's order: mode → protection (tag; account/region allow-list; instances a stop is not harmless
+for — spot, Auto Scaling, managed-service nodes, instance store without the rule's opt-in, see ``guard.stoppable``)
+→ scope (guard:managed or the rule's opt-in) → grace (and the announcement) and minimum age → blast radius
+(per-cycle and per-hour caps, circuit breaker). "Reversible first" is built into the candidates: a terminate that
+must follow a stop is a stop until the stop has held. No I/O here, so the gates can be checked over any inventory
+and configuration.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import datetime, timedelta
 from guard.actions.executors import EXECUTORS
 from guard.audit import APPROVED, FAILED, PLANNED, Intent
 from guard.model import Tags
+from guard.stoppable import Hazard
 
 EXECUTE = "execute"
 PLAN = "would-do"
@@ -73,6 +76,8 @@ class Candidate:
     """When the resource was made, if AWS says (EIPs don't: the finding's first sighting stands in)."""
     existing_status: str | None = None
     """The audit row with this candidate's idempotency key, if any."""
+    hazard: Hazard | None = None
+    """Why a stop or terminate must leave this instance alone (``guard.stoppable.stop_hazard``), if it must."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,8 @@ def _static_gates(candidate: Candidate, policy: Policy, now: datetime) -> str | 
     intent = candidate.intent
     if policy.has_tag(candidate.tags, policy.protect_tag):
         return SKIPPED_PROTECTED
+    if candidate.hazard is not None:
+        return candidate.hazard.result
     if (EXECUTORS[intent.action].destructive and not candidate.act_on_unmanaged
             and not policy.has_tag(candidate.tags, policy.managed_tag)):
         return SKIPPED_UNMANAGED

@@ -43,8 +43,9 @@ from guard.audit import (
     idempotency_key,
 )
 from guard.aws import Aws, describe_aws_error
-from guard.model import Snapshot, Tags
+from guard.model import Instance, Snapshot, Tags
 from guard.rule import Rule, RuleConfig
+from guard.stoppable import INSTANCE_ACTIONS, Hazard, facts_of, stop_hazard
 from guard.store import FindingRow, Store
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,9 @@ class Actuator:
                 elif result.startswith("skipped") and (intent.key, result) not in self._held_back:
                     self._held_back.add((intent.key, result))  # counted once, not every cycle
                     report.results.append((intent.rule, intent.action, result))
+                    if verdict.candidate.hazard is not None:
+                        log.info("%s %s %s %s: %s (%s)", intent.rule, intent.action, region, intent.resource_id,
+                                 result, verdict.candidate.hazard.reason)
         return report
 
     # -- intents ----------------------------------------------------------------------------------------------------
@@ -150,6 +154,7 @@ class Actuator:
     def _candidates(self, account_id: str, region: str, snapshot: Snapshot, findings: list[FindingRow],
                     now: datetime) -> list[Candidate]:
         candidates = []
+        instances = {instance.id: instance for instance in snapshot.instances or ()}
         for finding in findings:
             config = self._config(finding.rule)
             if not config.enabled or config.action == "notify":
@@ -172,10 +177,23 @@ class Actuator:
             candidates.append(Candidate(intent=intent, due_from=finding.first_seen, grace=config.grace,
                                         announced=finding.notified_at is not None,
                                         act_on_unmanaged=config.act_on_unmanaged, tags=facts[0],
-                                        created_at=facts[1]))
+                                        created_at=facts[1],
+                                        hazard=self._hazard(instances, snapshot, action, finding.resource_type,
+                                                            finding.resource_id, config)))
         candidates += self._terminations(account_id, region, snapshot)
         statuses = {row.key: row.status for row in self.audit.by_keys([c.intent.key for c in candidates])}
         return [Candidate(**{**c.__dict__, "existing_status": statuses.get(c.intent.key)}) for c in candidates]
+
+    @staticmethod
+    def _hazard(instances: Mapping[str, Instance], snapshot: Snapshot, action: str, resource_type: str,
+                resource_id: str, config: RuleConfig) -> Hazard | None:
+        """Why a rule's stop or terminate must leave the instance alone, from the scan's facts."""
+        if action not in INSTANCE_ACTIONS or resource_type != "instance":
+            return None
+        instance = instances.get(resource_id)
+        if instance is None:
+            return None
+        return stop_hazard(facts_of(instance, snapshot.instance_storage), config.act_on_instance_store)
 
     def _terminations(self, account_id: str, region: str, snapshot: Snapshot) -> list[Candidate]:
         """Terminates that follow a stop which has not been undone; a stop that was undone ends its chain."""
@@ -205,7 +223,9 @@ class Actuator:
                             parent_id=stop.id)
             candidates.append(Candidate(intent=intent, due_from=stop.finished_at, grace=config.grace, announced=True,
                                         act_on_unmanaged=config.act_on_unmanaged, tags=instance.tags,
-                                        created_at=instance.launch_time))
+                                        created_at=instance.launch_time,
+                                        hazard=self._hazard(instances, snapshot, "terminate", "instance",
+                                                            instance.id, config)))
         return candidates
 
     def _cancel_stale(self, account_id: str, region: str, open_finding_ids: set[int]) -> None:
@@ -339,6 +359,10 @@ class Actuator:
             return SKIPPED, observed.blocker, "skipped-changed"
         if self.policy.has_tag(observed.tags, self.policy.protect_tag):
             return SKIPPED, "protected by its tag", SKIPPED_PROTECTED
+        if observed.instance is not None and row.action in INSTANCE_ACTIONS and row.action not in UP_FRONT:
+            hazard = stop_hazard(observed.instance, self._config(row.rule).act_on_instance_store)
+            if hazard is not None:
+                return SKIPPED, hazard.reason, hazard.result
         if (ALL_EXECUTORS[row.action].destructive and not self._config(row.rule).act_on_unmanaged
                 and not self.policy.has_tag(observed.tags, self.policy.managed_tag)):
             return SKIPPED, "not launched by the SDK (no managed tag) and the rule does not opt in", SKIPPED_UNMANAGED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import datetime, timezone
 
 from guard.aws import Aws
@@ -43,6 +44,33 @@ def collect_instances(aws: Aws, region: str) -> tuple[Instance, ...]:
                                          if m.get("Ebs", {}).get("VolumeId")),
                         stopped_since=(stopped_since(raw.get("StateTransitionReason"))
                                        if raw["State"]["Name"] == "stopped" else None),
+                        lifecycle=raw.get("InstanceLifecycle"),
+                        spot_request_id=raw.get("SpotInstanceRequestId"),
                     )
                 )
     return tuple(instances)
+
+
+TYPES_PAGE_SIZE = 100
+"""DescribeInstanceTypes' maximum page."""
+TYPES_PER_FILTER = 200
+"""Values per Describe filter (EC2 accepts at most 200)."""
+
+
+def collect_instance_storage(aws: Aws, region: str, instance_types: Iterable[str]) -> dict[str, bool]:
+    """Type → InstanceStorageSupported, for the given types: one paged call per 200 types, never one per instance.
+
+    Filtered by ``instance-type`` rather than listed by ``InstanceTypes`` so that a type AWS does not know (or no
+    longer offers) is merely absent from the answer instead of failing the whole call.
+    """
+    wanted = sorted(set(instance_types))
+    paginator = aws.client("ec2", region).get_paginator("describe_instance_types")
+    found: dict[str, bool] = {}
+    for start in range(0, len(wanted), TYPES_PER_FILTER):
+        chunk = wanted[start:start + TYPES_PER_FILTER]
+        pages = paginator.paginate(Filters=[{"Name": "instance-type", "Values": chunk}],
+                                   PaginationConfig={"PageSize": TYPES_PAGE_SIZE})
+        for page in pages:
+            for info in page.get("InstanceTypes", []):
+                found[info["InstanceType"]] = bool(info.get("InstanceStorageSupported"))
+    return found

@@ -33,3 +33,19 @@ def test_iam_policy_command_prints_the_policy(registry) -> None:
     assert result.returncode == 0, result.stderr
     # keepalive enforcement is on by default: the policy also allows terminating expired SDK clusters
     assert json.loads(result.stdout) == observe_policy(registry.rules.values(), keepalive=True)
+
+
+def test_the_dry_run_policy_covers_what_a_dry_run_with_instance_actions_reads(team_account: GroundTruth,
+                                                                               make_scanner) -> None:
+    """Dry-run reads each instance type's instance store (to say which stops it would not make): the read-only
+    policy of rules configured to stop or terminate allows that read, and nothing mutating is called."""
+    scanner = make_scanner(mode="dry-run", rules={"idle-vms": {"action": "stop"}, "idle-gpu": {"action": "stop"}})
+    called: set[str] = set()
+    for region in ("us-east-1", "us-west-2"):
+        report = scanner.scan(region)
+        assert report.status == "ok", report.errors
+        called |= set(report.api_calls)
+    assert "ec2:DescribeInstanceTypes" in called
+    allowed = set(observe_policy(scanner.rules)["Statement"][0]["Action"])
+    needed = {iam_action(*op.split(":", 1)) for op in called} - NO_PERMISSION_NEEDED
+    assert needed <= allowed, f"missing from the policy: {sorted(needed - allowed)}"

@@ -54,6 +54,8 @@ def _conditions_hold(condition: Mapping[str, Mapping[str, str | list[str]]], con
                 held = context.get(key) in values
             elif operator == "StringEqualsIgnoreCase":
                 held = key in context and context[key].lower() in {v.lower() for v in values}
+            elif operator == "StringLike":
+                held = key in context and any(fnmatchcase(context[key], pattern) for pattern in values)
             else:
                 raise AssertionError(f"the policy uses {operator}, which this test cannot evaluate")
             if not held:
@@ -119,9 +121,14 @@ def calls(row: ActionRow, tags: Mapping[str, str], endpoint: str) -> dict[str, l
 # -- scans ------------------------------------------------------------------------------------------------------------
 
 
-def enforcing(registry, make_settings, act_on_unmanaged: bool, regions=REGIONS) -> Scanner:
+def enforcing(registry, make_settings, act_on_unmanaged: bool, regions=REGIONS,
+              act_on_instance_store: bool = True) -> Scanner:
+    """Every action configured; the instance rules opt in to instance-store types (the GPU boxes) by default, for the
+    widest footprint."""
     rules = {rule_id: {"action": action, "grace": "0s", "act_on_unmanaged": act_on_unmanaged}
              for rule_id, action in EVERY_ACTION.items()}
+    for rule_id in ("idle-vms", "idle-gpu"):
+        rules[rule_id]["act_on_instance_store"] = act_on_instance_store
     settings: Settings = make_settings(regions=list(regions), mode="enforce", allowed_accounts=ACCOUNT,
                                        min_resource_age="0s", max_actions_per_cycle=100,
                                        max_actions_per_hour=1000, rules=rules)
@@ -238,7 +245,7 @@ def test_tag_conditions_follow_act_on_unmanaged(registry, make_settings) -> None
 def test_the_protection_deny_covers_every_mutating_action(registry, make_settings) -> None:
     scanner = enforcing(registry, make_settings, act_on_unmanaged=True)
     policy = policy_of(scanner)
-    [deny] = [s for s in policy["Statement"] if s["Effect"] == "Deny"]
+    [deny] = [s for s in policy["Statement"] if s["Sid"] == "VmguardNeverTouchProtected"]
     assert deny["Condition"] == {"StringEqualsIgnoreCase": {f"aws:ResourceTag/{PROTECT[0]}": PROTECT[1]}}
     assert deny["Resource"] == "*"
     every = {op for executor in EXECUTORS.values() for op in executor.operations}
@@ -253,6 +260,30 @@ def test_the_protection_deny_covers_every_mutating_action(registry, make_setting
         arn = EXECUTORS[name].iam_resource.format(region="us-east-1", account=ACCOUNT).replace("*", "x")
         assert allowed(policy, (operation, arn, {}))
         assert not allowed(policy, (operation, arn, protected)), operation
+
+
+@pytest.mark.parametrize("act_on_instance_store", [False, True])
+def test_the_policy_denies_the_stops_the_daemon_never_makes(registry, make_settings,
+                                                             act_on_instance_store: bool) -> None:
+    """Spot instances, Auto Scaling members and managed-service nodes are never a rule's to stop or terminate;
+    instance-store types only where the rules opt in."""
+    scanner = enforcing(registry, make_settings, act_on_unmanaged=True, act_on_instance_store=act_on_instance_store)
+    policy = policy_of(scanner)
+    arn = f"arn:aws:ec2:us-east-1:{ACCOUNT}:instance/i-0123456789abcdef0"
+    on_demand = {"ec2:InstanceMarketType": "on-demand", "ec2:InstanceType": "m5.large"}
+    never = [{"ec2:InstanceMarketType": "spot"}, {"aws:ResourceTag/aws:autoscaling:groupName": "workers"},
+             {"aws:ResourceTag/eks:cluster-name": "ml"}, {"aws:ResourceTag/aws:elasticmapreduce:job-flow-id": "j-1"},
+             {"aws:ResourceTag/AmazonECSManaged": ""}, {"aws:ResourceTag/aws:batch:compute-environment": "ce"}]
+    store_types = ["m5d.large", "g4dn.xlarge", "g5.xlarge", "p4d.24xlarge", "i3.large", "c6gd.medium"]
+    for operation in ("ec2:StopInstances", "ec2:TerminateInstances"):
+        assert allowed(policy, (operation, arn, on_demand))
+        for context in never:
+            assert not allowed(policy, (operation, arn, on_demand | context)), (operation, context)
+        for instance_type in store_types:
+            held = not allowed(policy, (operation, arn, on_demand | {"ec2:InstanceType": instance_type}))
+            assert held == (not act_on_instance_store), (operation, instance_type)
+        for instance_type in ("t3.large", "m5.large", "c6g.medium", "g5g.xlarge", "inf2.xlarge", "r6i.large"):
+            assert allowed(policy, (operation, arn, on_demand | {"ec2:InstanceType": instance_type})), instance_type
 
 
 @pytest.mark.parametrize("act_on_unmanaged", [False, True])

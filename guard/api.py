@@ -25,6 +25,7 @@ from guard import wire
 from guard.audit import STATUSES, ApprovalError, AuditLog
 from guard.aws import describe_aws_error
 from guard.clusters import CLOSED, RUNNING, ClusterRegistry
+from guard.lease import Lease
 from guard.metrics import DaemonMetrics
 from guard.ownership import NotVisibleYet, NotYourInstances
 from guard.store import Store
@@ -202,13 +203,18 @@ class Readiness(BaseModel):
     ready: bool
     regions_scanned: list[str]
     regions_pending: list[str]
+    role: Literal["actor", "standby"] = Field(description=(
+        "actor: this process holds the database's lease and acts; standby: it scans and serves read-only, the "
+        "actor (another process on the same database) acts"))
+    actor: str | None = Field(description="the lease holder (host:pid:id), None while nobody holds it")
 
 
 def create_app(store: Store, metrics: DaemonMetrics, api_token: str, regions: list[str],
                ready: Callable[[], set[str]], audit: AuditLog | None = None,
                clusters: ClusterRegistry | None = None, owner_tokens: Mapping[str, str] | None = None,
                clock: Callable[[], datetime] | None = None,
-               check_owners: Callable[[wire.ClusterRegistration], None] | None = None) -> FastAPI:
+               check_owners: Callable[[wire.ClusterRegistration], None] | None = None,
+               lease: Lease | None = None) -> FastAPI:
     """The app; ``ready()`` returns the regions that have completed a successful scan; ``owner_tokens`` maps an
     owner to its token (the admin ``api_token`` stands for every owner); ``clock`` stamps heartbeats;
     ``check_owners`` reads a registration's instances from EC2 (see guard.ownership) before accepting it."""
@@ -272,8 +278,11 @@ def create_app(store: Store, metrics: DaemonMetrics, api_token: str, regions: li
              responses={503: {"model": Readiness}})
     def readyz(response: Response) -> Readiness:
         done = ready()
+        acting = lease is None or lease.held()
         readiness = Readiness(ready=all(r in done for r in regions), regions_scanned=sorted(done),
-                              regions_pending=[r for r in regions if r not in done])
+                              regions_pending=[r for r in regions if r not in done],
+                              role="actor" if acting else "standby",
+                              actor=lease.current_holder() if lease is not None else None)
         if not readiness.ready:
             response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
         return readiness

@@ -23,6 +23,7 @@ from rich.markup import escape
 from guard.aws import Aws
 from guard.docs import rules_markdown
 from guard.engine import Scanner, ScanReport
+from guard.lease import Lease
 from guard.render import findings_json, print_findings
 from guard.rule import Registry, discover_rules, rule_doc, thresholds_doc
 from guard.settings import ConfigError, Settings, load_settings
@@ -255,16 +256,25 @@ def scan(
     settings = _settings(registry, **({"regions": region} if region else {}))
     store = _store(settings)
     scanner = Scanner(settings, registry, Aws(), store)
-    while True:
-        reports = _scan_all(scanner, settings.regions)
-        findings = _open_findings(store, settings.regions)
-        if output is Format.json:
-            print(findings_json(findings))
-        else:
-            print_findings(console, findings)
-        if once:
-            raise typer.Exit(0 if all(r.status == "ok" for r in reports) else 1)
-        time.sleep(settings.scan_interval.total_seconds())
+    lease = Lease(store, settings.lease_ttl)
+    lease.start()
+    scanner.acts = scanner.actuator.may_act = lease.held
+    if not lease.held():
+        err.print(f"another process ({lease.current_holder() or 'a daemon'}) acts on this database: this scan "
+                  "writes and changes nothing; the findings shown are the ones that process keeps")
+    try:
+        while True:
+            reports = _scan_all(scanner, settings.regions)
+            findings = _open_findings(store, settings.regions)
+            if output is Format.json:
+                print(findings_json(findings))
+            else:
+                print_findings(console, findings)
+            if once:
+                raise typer.Exit(0 if all(r.status == "ok" for r in reports) else 1)
+            time.sleep(settings.scan_interval.total_seconds())
+    finally:
+        lease.release()
 
 
 @app.command()

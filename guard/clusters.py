@@ -318,6 +318,8 @@ class Keepalive:
     def check(self, now: datetime | None = None) -> KeepaliveReport:
         now = now or datetime.now(timezone.utc)
         report = KeepaliveReport()
+        if not self.actuator.may_act():  # another process holds the lease: it expires and terminates
+            return report
         with self._lock:
             self._watch_afresh_after_a_gap(now)
             for row in self.clusters.clusters(state=RUNNING):

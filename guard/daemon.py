@@ -17,6 +17,7 @@ from guard.api import create_app
 from guard.aws import Aws
 from guard.clusters import ClusterRegistry, Keepalive, KeepaliveReport
 from guard.engine import Scanner, ScanReport
+from guard.lease import Lease
 from guard.metrics import DaemonMetrics
 from guard.notify import Notifier
 from guard.ownership import InstanceOwners
@@ -53,16 +54,20 @@ class Daemon:
         """Findings whose announcement is being delivered (not sent twice while a slow webhook retries)."""
         self._announce_lock = threading.Lock()
         self.notifier = Notifier(settings.webhook_url.get_secret_value()) if settings.webhook_url else None
+        self.lease = Lease(self.store, settings.lease_ttl)
+        self.scanner.acts = self.scanner.actuator.may_act = self.lease.held
+        self.lease.on_change(lambda held: self.metrics.actor.set(1 if held else 0))
         self.app = create_app(self.store, self.metrics, self.api_token, settings.regions, self.ready_regions,
                               self.scanner.actuator.audit, clusters=self.clusters,
                               owner_tokens={owner: token.get_secret_value()
                                             for owner, token in settings.api_tokens.items()},
-                              check_owners=InstanceOwners(self.aws).check)
+                              check_owners=InstanceOwners(self.aws).check, lease=self.lease)
         interval = settings.scan_interval.total_seconds()
         self.scheduler = BackgroundScheduler(
             timezone=timezone.utc,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": int(max(interval, 1))},
         )
+        self.lease.start()  # the actor if the database's lease is free, else standby; renewed or retried from now
 
     def ready_regions(self) -> set[str]:
         with self._ready_lock:
@@ -81,7 +86,7 @@ class Daemon:
         new_errors = [dict(error, region=report.region) for error in report.errors
                       if error["source"] not in self._failing.get(report.region, frozenset())]
         self._failing[report.region] = sources
-        if self.notifier:
+        if self.notifier and self.lease.held():  # the standby stays quiet: the actor announces
             # batched messages sent off the scan's thread: a slow webhook never delays scanning
             announce = self._to_announce(report)
             if announce:
@@ -178,6 +183,7 @@ class Daemon:
     def shutdown(self) -> None:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
+        self.lease.release()
         if self.notifier:
             self.notifier.close()
         self.store.close()

@@ -101,6 +101,8 @@ class Scanner:
             registry.rules[rule_id](settings.rule_configs[rule_id]) for rule_id in settings.enabled_rules()
         ]
         self.actuator = Actuator(settings, self.rules, aws, store)
+        self.acts: Callable[[], bool] = lambda: True
+        """Whether this process writes what its scans find and acts (guard.lease): a standby only scans."""
         self.clusters = ClusterRegistry(store)
         protect_key, protect_value = settings.protect_tag_pair
         self.context = Context(prices=self.prices, owner_tag=settings.owner_tag,
@@ -121,6 +123,7 @@ class Scanner:
 
         broken: dict[str, str] = {}
         opened: list[dict] = []
+        writes = self.acts()
         snapshot = self._snapshot(account_id, region, started, errors, broken, progress)
         evaluations: dict[str, Evaluation] = {}
         skipped: list[str] = []
@@ -145,9 +148,10 @@ class Scanner:
             evaluation = replace(evaluation, findings=tuple(replace(f, billing=billing) for f in evaluation.findings))
             evaluation = self._say_why_not_acted_on(rule, snapshot, evaluation)
             evaluations[rule.id] = evaluation
-            reconciled = self.store.reconcile(account_id, region, rule.id, evaluation.findings,
-                                              evaluation.undetermined, now=started)
-            opened.extend(reconciled.new)
+            if writes:
+                reconciled = self.store.reconcile(account_id, region, rule.id, evaluation.findings,
+                                                  evaluation.undetermined, now=started)
+                opened.extend(reconciled.new)
         progress(region, "acting" if self.settings.mode != "observe" else "done")
         try:
             actions = self.actuator.run(account_id, region, snapshot, datetime.now(timezone.utc))
@@ -310,13 +314,14 @@ class Scanner:
         else:
             status = "ok"
         findings_open = sum(len(e.findings) for e in evaluations.values())
-        self.store.add_scan(
-            account_id=account_id, region=region, started_at=started,
-            finished_at=datetime.now(timezone.utc), status=status, api_calls=sum(api_calls.values()),
-            api_calls_by_operation=api_calls, errors=errors, rules_evaluated=sorted(evaluations),
-            rules_skipped=sorted(skipped), findings_open=findings_open,
-            running_hourly_usd=self._running_cost(snapshot), collectors=self._collectors(snapshot),
-        )
+        if self.acts():
+            self.store.add_scan(
+                account_id=account_id, region=region, started_at=started,
+                finished_at=datetime.now(timezone.utc), status=status, api_calls=sum(api_calls.values()),
+                api_calls_by_operation=api_calls, errors=errors, rules_evaluated=sorted(evaluations),
+                rules_skipped=sorted(skipped), findings_open=findings_open,
+                running_hourly_usd=self._running_cost(snapshot), collectors=self._collectors(snapshot),
+            )
         report = ScanReport(region=region, account_id=account_id, status=status, started_at=started,
                             duration_seconds=duration, api_calls=api_calls, errors=errors,
                             evaluations=evaluations, skipped=skipped, snapshot=snapshot, opened=opened or [],

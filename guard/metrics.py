@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -163,6 +163,8 @@ class DaemonMetrics:
                              registry=self.registry)
         self.actions = Counter("guard_actions", "Action decisions and outcomes: done, would-do, failed, skipped-….",
                                labelnames=["rule", "action", "result"], registry=self.registry)
+        self.actor = Gauge("guard_actor", "1 while this process holds its database's lease and acts; 0 on standby "
+                                          "(it scans and serves, another process acts).", registry=self.registry)
 
     def observe(self, report: ScanReport) -> None:
         self.scan_duration.labels(report.region).observe(report.duration_seconds)

@@ -95,6 +95,8 @@ class Settings(BaseSettings):
         "launch, in every mode — still gated by protection and the audit trail"))
     keepalive_check_interval: Duration = Field(timedelta(seconds=5), description=(
         "how often registered clusters' keepalives are checked"))
+    lease_ttl: Duration = Field(timedelta(seconds=30), description=(
+        "one process per database acts (the lease holder); another takes over this long after the holder is gone"))
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-rule sections [rules.<id>]")
 
     _rule_configs: dict[str, RuleConfig] = PrivateAttr(default_factory=dict)
@@ -233,6 +235,13 @@ class Settings(BaseSettings):
         if not 1 <= value.total_seconds() <= 30:
             raise ValueError("expected between 1 and 30 seconds (a cluster is terminated within 60s of its expiry), "
                              "e.g. '5s'")
+        return value
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _check_lease_ttl(cls, value: timedelta) -> timedelta:
+        if not 1 <= value.total_seconds() <= 600:
+            raise ValueError("expected between 1 second and 10 minutes, e.g. '30s'")
         return value
 
     @field_validator("webhook_url", mode="before")

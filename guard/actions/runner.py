@@ -95,6 +95,9 @@ class Actuator:
         self.audit = audit or AuditLog(store)
         self._lock = threading.Lock()
         self._held_back: set[tuple[str, str]] = set()
+        self.may_act: Callable[[], bool] = lambda: True
+        """Whether this process is the one that acts on its database now (guard.lease); asked before each phase
+        and right before every mutating call."""
 
     def _config(self, rule_id: str) -> RuleConfig:
         rule = self.rules.get(rule_id)
@@ -102,6 +105,8 @@ class Actuator:
 
     def run(self, account_id: str, region: str, snapshot: Snapshot, now: datetime) -> ActionReport:
         report = ActionReport()
+        if not self.may_act():
+            return report
         with self._lock:
             self._resume(account_id, region, now, report)
             if self.policy.mode == "observe":
@@ -255,6 +260,8 @@ class Actuator:
         ``action`` (a crash, or an action waiting for instances to terminate) are carried on first.
         """
         report = ActionReport()
+        if not self.may_act():
+            return report
         with self._lock:
             for row in self.audit.in_status(UNFINISHED):
                 if row.action == action:
@@ -311,6 +318,10 @@ class Actuator:
                     self._held_back.add((row.key, SKIPPED_BREAKER))
                     report.results.append((row.rule, row.action, SKIPPED_BREAKER))
                 return
+        if not self.may_act():  # the lease ran out mid-phase: the process that holds it now finishes the row
+            log.info("action %d (%s %s): not carried out here: this process no longer holds the lease", row.id,
+                     row.action, row.resource_id)
+            return
         try:
             outcome = executor.execute(self.aws, row.region, row.resource_id, row.params, row.detail,
                                        row.started_at or now, now)

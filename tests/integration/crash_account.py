@@ -47,8 +47,10 @@ class CrashAccount:
                 | {("set-retention", g): "log-retention" for g in self.log_groups})
 
 
-def seed_crash_account(endpoint_url: str, per_kind: int = 3, now: datetime | None = None) -> CrashAccount:
-    """Seed ``per_kind`` targets of each action in us-east-1, plus one near miss of each; the emulator is not reset."""
+def seed_crash_account(endpoint_url: str, per_kind: int = 3, now: datetime | None = None,
+                       prefix: str = "") -> CrashAccount:
+    """Seed ``per_kind`` targets of each action in us-east-1, plus one near miss of each; the emulator is not reset
+    (log group names carry ``prefix``, so an account can be seeded again)."""
     now = now or datetime.now(timezone.utc)
     ec2 = sandbox_client(endpoint_url, "ec2", REGION)
     logs = sandbox_client(endpoint_url, "logs", REGION)
@@ -77,7 +79,7 @@ def seed_crash_account(endpoint_url: str, per_kind: int = 3, now: datetime | Non
         snapshot_ages[snapshot_id] = now - timedelta(days=30)
         (account.untouchable if protect else account.snapshots).append(snapshot_id)
 
-        group = f"/crash/service-{n}"
+        group = f"/crash/{prefix}service-{n}"
         logs.create_log_group(logGroupName=group, tags={"guard:managed": "true", "owner": "crash.test"})
         logs.create_log_stream(logGroupName=group, logStreamName="main")
         if protect:  # already has the retention the action would set: nothing to do

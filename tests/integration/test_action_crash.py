@@ -95,6 +95,7 @@ def daemon_env(sandbox: SandboxServer, database: Path) -> dict[str, str]:
         "GUARD_DATABASE_URL": f"sqlite:///{database}",
         "GUARD_LISTEN": f"127.0.0.1:{free_port()}",
         "GUARD_API_TOKEN": "crash-test-token-0123456789",
+        "GUARD_LEASE_TTL": "1s",  # a restart after SIGKILL waits for the killed process's lease to expire
     }
     for rule, action in ACTING_RULES.items():
         prefix = f"GUARD_RULES__{rule.upper().replace('-', '_')}__"

@@ -229,6 +229,7 @@ def test_a_pending_row_left_by_a_crash_is_finished_once(ec2, daemon, called_befo
                                               approved_by="sdk:alice")
     if called_before_the_crash:
         ec2.terminate_instances(InstanceIds=ids)
+    first.shutdown()
 
     second = daemon()  # a restarted daemon on the same database
     report = second.keepalive.check(now=T0 + timedelta(minutes=6))

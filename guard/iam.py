@@ -16,6 +16,7 @@ from guard.actions.executors import EXECUTORS, TERMINATE_CLUSTER, Executor
 from guard.rule import Rule, RuleConfig
 
 _SERVICE_PREFIX = {
+    "auto-scaling": "autoscaling",
     "cloudwatch-logs": "logs",
     "resource-groups-tagging-api": "tag",
 }

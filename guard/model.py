@@ -105,6 +105,26 @@ class Image:
 
 
 @dataclass(frozen=True)
+class LaunchSource:
+    """What Auto Scaling groups and fleets launch from: one launch template version or one launch configuration,
+    with the EBS snapshots its block-device mappings restore volumes from."""
+
+    kind: str
+    """``launch-template`` or ``launch-configuration``."""
+    id: str
+    """The launch template id, or the launch configuration name."""
+    name: str
+    version: int | None
+    """The launch template version number; None for a launch configuration."""
+    snapshot_ids: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "launch-template":
+            return f"launch template {self.name} ({self.id}) version {self.version}"
+        return f"launch configuration {self.name}"
+
+
+@dataclass(frozen=True)
 class LogGroup:
     name: str
     arn: str
@@ -218,6 +238,8 @@ class Snapshot:
     nat_gateways: tuple[NatGateway, ...] | None = None
     snapshots: tuple[EbsSnapshot, ...] | None = None
     images: tuple[Image, ...] | None = None
+    launch_sources: tuple[LaunchSource, ...] | None = None
+    """Every launch template version and launch configuration of the region (what groups and fleets launch)."""
     log_groups: tuple[LogGroup, ...] | None = None
     buckets: tuple[Bucket, ...] | None = None
     metric_listings: Mapping[tuple[str, str], tuple[tuple[tuple[str, str], ...], ...]] | None = None

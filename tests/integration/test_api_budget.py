@@ -72,6 +72,11 @@ def test_every_rule_enabled_costs_pages_and_queries_not_resources(team_account, 
             (query.window_seconds, query.period_seconds), 0) + 1
     sampled = len(snap.log_samples)
     assert 0 < sampled <= 20
+    versions: dict[str, set[int]] = {}
+    for source in snap.launch_sources:
+        if source.kind == "launch-template":
+            versions.setdefault(source.id, set()).add(source.version)
+    assert versions and any(len(numbers) > 2 for numbers in versions.values())
     expected = {
         "sts:GetCallerIdentity": 1,
         "ec2:DescribeInstances": math.ceil(len(snap.instances) / INSTANCE_PAGE),
@@ -80,6 +85,9 @@ def test_every_rule_enabled_costs_pages_and_queries_not_resources(team_account, 
         "ec2:DescribeNatGateways": 1,
         "ec2:DescribeSnapshots": 1,
         "ec2:DescribeImages": 1,
+        # every template's $Latest and $Default in one page, then one page per template with older versions
+        "ec2:DescribeLaunchTemplateVersions": 1 + sum(1 for numbers in versions.values() if len(numbers) > 2),
+        "auto-scaling:DescribeLaunchConfigurations": 1,
         "cloudwatch-logs:DescribeLogGroups": math.ceil(len(snap.log_groups) / 50),
         "resource-groups-tagging-api:GetResources": 2,  # log groups and buckets, one page each
         "s3:ListBuckets": 1,

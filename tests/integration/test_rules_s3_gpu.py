@@ -85,3 +85,13 @@ def test_idle_gpu_finds_the_ground_truth_and_says_which_signal_judged(team_accou
     assert by_signal["cpu"] <= idle_vms
     assert all(rows[instance_id].evidence["busiest_gpu_percent"] < 10 for instance_id in by_signal["gpu"])
     assert all(row.severity == "high" and row.suggested_action == "stop" for row in rows.values())
+
+
+def test_a_busy_gpu_box_quiet_on_cpu_and_network_is_idle_to_neither_rule(team_account: GroundTruth,
+                                                                          scanned: Store) -> None:
+    # a g5.12xlarge fine-tuning from local NVMe: four GPUs busy (CWAgent), 2% CPU, almost no network
+    [box] = [vm for vm in team_account.instances if vm.profile == "gpu-busy"]
+    assert box.instance_type == "g5.12xlarge"
+    keys = {(rule, box.region, box.instance_id) for rule in ("idle-vms", "idle-gpu")}
+    assert keys <= {miss.key for miss in team_account.near_misses}
+    assert not keys & (open_findings(scanned, "idle-vms").keys() | open_findings(scanned, "idle-gpu").keys())

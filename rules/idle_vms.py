@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import timedelta
 
 from pydantic import Field
@@ -71,18 +72,18 @@ class IdleVMs(Rule):
         return query("CPUUtilization", "Average"), query("NetworkIn", "Sum"), query("NetworkOut", "Sum")
 
     @staticmethod
-    def _judged_here(instance: Instance, snapshot: Snapshot, context: Context) -> bool | None:
+    def _judged_here(instance: Instance, gpu_series: Mapping[str, object] | None, context: Context) -> bool | None:
         """Whether this rule judges the instance: not when it publishes GPU series (``idle-gpu`` judges it on its
-        GPUs); None (cannot tell) for a GPU type while the metric listing is unknown."""
-        gpu_series = snapshot.gpu_series()
+        GPUs); None (cannot tell) for a GPU type while the metric listing is unknown (``gpu_series`` None)."""
         if gpu_series is None:
             return None if context.prices.is_gpu(instance.instance_type) else True
         return instance.id not in gpu_series
 
     def metric_queries(self, snapshot: Snapshot, context: Context):
+        gpu_series = snapshot.gpu_series()
         for instance in snapshot.instances or ():
             if (instance.state == "running" and not context.is_protected(instance.tags)
-                    and self._judged_here(instance, snapshot, context)):
+                    and self._judged_here(instance, gpu_series, context)):
                 yield from self._queries(instance)
 
     def evaluate(self, snapshot: Snapshot, context: Context) -> Evaluation:
@@ -90,10 +91,11 @@ class IdleVMs(Rule):
         expected_points = max(1, int(cfg.window.total_seconds() // cfg.period.total_seconds()))
         needed_points = max(1, math.ceil(expected_points * cfg.min_coverage - 1e-9))
         findings, undetermined = [], set()
+        gpu_series = snapshot.gpu_series()
         for instance in snapshot.instances or ():
             if instance.state != "running" or context.is_protected(instance.tags):
                 continue
-            judged = self._judged_here(instance, snapshot, context)
+            judged = self._judged_here(instance, gpu_series, context)
             if judged is None:
                 undetermined.add(instance.id)
                 continue

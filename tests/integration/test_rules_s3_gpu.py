@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from faults import FaultProxy
 
 from guard.engine import Scanner
-from guard.sandbox import GroundTruth
+from guard.pricing import default_catalog
+from guard.sandbox import GroundTruth, SandboxServer
 from guard.store import Store
 
 pytestmark = pytest.mark.integration
@@ -95,3 +97,23 @@ def test_a_busy_gpu_box_quiet_on_cpu_and_network_is_idle_to_neither_rule(team_ac
     keys = {(rule, box.region, box.instance_id) for rule in ("idle-vms", "idle-gpu")}
     assert keys <= {miss.key for miss in team_account.near_misses}
     assert not keys & (open_findings(scanned, "idle-vms").keys() | open_findings(scanned, "idle-gpu").keys())
+
+
+def test_without_the_metric_listing_idle_vms_calls_no_gpu_type_idle(team_account: GroundTruth, sandbox: SandboxServer,
+                                                                     make_scanner, registry,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog = default_catalog()
+    with FaultProxy(sandbox.endpoint_url) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDWATCH", proxy.url)
+        proxy.fail("ListMetrics", 400, "AccessDenied")
+        scanner: Scanner = make_scanner(rules={rule_id: {"enabled": rule_id == "idle-vms"}
+                                               for rule_id in registry.rules})
+        report = scanner.scan("us-east-1")
+    assert report.snapshot.metric_listings is None and "idle-vms" not in report.skipped
+    evaluation = report.evaluations["idle-vms"]
+    gpu_boxes = {vm.instance_id for vm in team_account.instances if vm.region == "us-east-1"
+                 and catalog.is_gpu(vm.instance_type) and vm.profile not in ("stopped", "protected")}
+    assert gpu_boxes and gpu_boxes <= evaluation.undetermined
+    # every other instance is judged as before
+    expected = {key[2] for key in team_account.expected("idle-vms") if key[1] == "us-east-1"}
+    assert {finding.resource_id for finding in evaluation.findings} == expected - gpu_boxes

@@ -185,12 +185,12 @@ class Scanner:
                 fetch(part, lambda collector=collector: collector(self.aws, region))
 
         def requests(part: str, ask: Callable[[Rule, Snapshot], Iterable]) -> list:
-            """What the rules that need ``part`` (and whose inputs so far are known) ask for; a rule that
+            """What the rules that need or use ``part`` (and whose needed inputs so far are known) ask for; a rule that
             raises while asking is marked broken and skipped, never the whole scan."""
             snapshot = self._partial(account_id, region, now, parts)
             asked = []
             for rule in self.rules:
-                if rule.id in broken or part not in rule.needs or not all(
+                if rule.id in broken or part not in rule.needs | rule.uses or not all(
                         snapshot.known(p) for p in rule.needs if p in parts or p in failures):
                     continue
                 try:

@@ -25,6 +25,7 @@ from guard.stoppable import (
 )
 
 _SERVICE_PREFIX = {
+    "auto-scaling": "autoscaling",
     "cloudwatch-logs": "logs",
     "resource-groups-tagging-api": "tag",
 }

@@ -10,6 +10,10 @@ from types import MappingProxyType
 from typing import Any
 
 Tags = Mapping[str, str]
+DimensionSet = tuple[tuple[str, str], ...]
+GPU_METRIC = ("CWAgent", "nvidia_smi_utilization_gpu")
+"""(namespace, metric) the CloudWatch agent's nvidia_gpu plugin publishes: one series per GPU (dimensions
+``InstanceId``, ``index``, …). An instance with such series is judged on its GPUs."""
 CLUSTER_TAG = "vmguard:cluster"
 """Tag the SDK puts on every resource of a cluster it launched: the cluster id."""
 
@@ -105,6 +109,26 @@ class Image:
     state: str
     snapshot_ids: tuple[str, ...] = ()
     tags: Tags = field(default_factory=lambda: freeze_tags(None))
+
+
+@dataclass(frozen=True)
+class LaunchSource:
+    """What Auto Scaling groups and fleets launch from: one launch template version or one launch configuration,
+    with the EBS snapshots its block-device mappings restore volumes from."""
+
+    kind: str
+    """``launch-template`` or ``launch-configuration``."""
+    id: str
+    """The launch template id, or the launch configuration name."""
+    name: str
+    version: int | None
+    """The launch template version number; None for a launch configuration."""
+    snapshot_ids: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        if self.kind == "launch-template":
+            return f"launch template {self.name} ({self.id}) version {self.version}"
+        return f"launch configuration {self.name}"
 
 
 @dataclass(frozen=True)
@@ -221,9 +245,11 @@ class Snapshot:
     nat_gateways: tuple[NatGateway, ...] | None = None
     snapshots: tuple[EbsSnapshot, ...] | None = None
     images: tuple[Image, ...] | None = None
+    launch_sources: tuple[LaunchSource, ...] | None = None
+    """Every launch template version and launch configuration of the region (what groups and fleets launch)."""
     log_groups: tuple[LogGroup, ...] | None = None
     buckets: tuple[Bucket, ...] | None = None
-    metric_listings: Mapping[tuple[str, str], tuple[tuple[tuple[str, str], ...], ...]] | None = None
+    metric_listings: Mapping[tuple[str, str], tuple[DimensionSet, ...]] | None = None
     """(namespace, metric) → the dimension sets CloudWatch has recent data for (ListMetrics)."""
     metrics: Mapping[MetricQuery, Series] | None = None
     log_samples: Mapping[str, LogSample] | None = None
@@ -236,6 +262,18 @@ class Snapshot:
 
     def known(self, part: str) -> bool:
         return getattr(self, part) is not None
+
+    def gpu_series(self) -> Mapping[str, tuple[DimensionSet, ...]] | None:
+        """Instance id → the dimension sets of its listed GPU series (``GPU_METRIC``); None when the metric
+        listings are unknown (whether an instance reports GPU use cannot be told then)."""
+        if self.metric_listings is None:
+            return None
+        by_instance: dict[str, list[DimensionSet]] = {}
+        for dimension_set in self.metric_listings.get(GPU_METRIC, ()):
+            instance_id = dict(dimension_set).get("InstanceId")
+            if instance_id:
+                by_instance.setdefault(instance_id, []).append(dimension_set)
+        return MappingProxyType({instance_id: tuple(sets) for instance_id, sets in by_instance.items()})
 
     def series(self, query: MetricQuery) -> Series:
         """The series for a query; empty when CloudWatch had no datapoints for it."""

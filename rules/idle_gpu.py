@@ -9,14 +9,11 @@ from datetime import timedelta
 from pydantic import Field
 
 from guard.durations import Duration, Period, format_duration
-from guard.model import Evaluation, Finding, Instance, MetricQuery, Severity, Snapshot
+from guard.model import GPU_METRIC, DimensionSet, Evaluation, Finding, Instance, MetricQuery, Severity, Snapshot
 from guard.pricing import HOURS_PER_MONTH
 from guard.rule import Context, Rule, WindowedConfig
 
-GPU_METRIC = ("CWAgent", "nvidia_smi_utilization_gpu")
-"""What the CloudWatch agent's nvidia_gpu plugin publishes: one series per GPU (dimension ``index``)."""
-
-DimensionSet = tuple[tuple[str, str], ...]
+__all__ = ["GPU_METRIC", "IdleGPU", "IdleGPUConfig"]
 
 
 class IdleGPUConfig(WindowedConfig):
@@ -33,13 +30,15 @@ class IdleGPU(Rule):
     """Running GPU instances whose GPUs (or, without GPU metrics, CPUs) sit idle over the window.
 
     What it detects
-        A running GPU instance (a type with GPUs in the price catalog) whose busiest GPU averaged below
+        A running GPU instance (a type with GPUs in the price catalog, or any instance the CloudWatch agent
+        publishes GPU series for) whose busiest GPU averaged below
         `gpu_percent_max` over the `window`, from the CloudWatch agent's `CWAgent` `nvidia_smi_utilization_gpu`
         series (one per GPU); an instance without them is judged on `AWS/EC2` `CPUUtilization` below
         `cpu_percent_max`. Every GPU must be idle: a box busy on one GPU of eight is under-used, not idle, and
         stopping it would kill the job. At least `min_coverage` of each series' datapoints must be present.
-        Always high severity. `idle-vms` also reports a GPU box idle on CPU and network: the overlap is accepted
-        (each rule stands alone) and totals are de-duplicated per resource elsewhere.
+        Always high severity. An instance with GPU series is judged here only: `idle-vms` leaves it alone, since
+        a box whose GPUs are busy is not idle however quiet its CPU and network (data on local NVMe). A GPU type
+        without them may also be reported by `idle-vms` on CPU and network; totals are de-duplicated per resource.
     Why it costs money
         GPU instances are the most expensive hours in a data-science account: a g5.12xlarge is $5.67 an hour,
         $4,140 a month, and a training job stuck on CPU-bound data loading keeps it busy while its GPUs wait.
@@ -55,8 +54,9 @@ class IdleGPU(Rule):
     billing = "ec2-instance-hours"
     needs = frozenset({"instances", "metric_listings", "metrics"})
     listings = (GPU_METRIC,)
-    inputs = ("EC2 instances with GPUs (price catalog); CloudWatch CWAgent nvidia_smi_utilization_gpu (Average) per "
-              "GPU where the agent publishes it, else AWS/EC2 CPUUtilization (Average)")
+    inputs = ("EC2 instances with GPUs (price catalog) or with GPU series; CloudWatch CWAgent "
+              "nvidia_smi_utilization_gpu (Average) per GPU where the agent publishes it, else AWS/EC2 "
+              "CPUUtilization (Average)")
     waste_formula = "the instance type's on-demand $/hour in its region"
     suggested_action = "stop"
     actions = ("stop", "terminate")
@@ -74,19 +74,17 @@ class IdleGPU(Rule):
         return self._query("AWS/EC2", "CPUUtilization", (("InstanceId", instance.id),))
 
     @staticmethod
-    def _gpu_series(snapshot: Snapshot) -> dict[str, list[DimensionSet]]:
+    def _gpu_series(snapshot: Snapshot) -> Mapping[str, tuple[DimensionSet, ...]]:
         """Instance id → the dimension sets of its listed GPU series."""
-        by_instance: dict[str, list[DimensionSet]] = {}
-        for dimension_set in (snapshot.metric_listings or {}).get(GPU_METRIC, ()):
-            instance_id = dict(dimension_set).get("InstanceId")
-            if instance_id:
-                by_instance.setdefault(instance_id, []).append(dimension_set)
-        return by_instance
+        return snapshot.gpu_series() or {}
 
     def _eligible(self, snapshot: Snapshot, context: Context) -> Iterable[Instance]:
+        """Running, unprotected instances of a GPU type — or of any type, when they publish GPU series (a type
+        the catalog does not know, or one it does not call a GPU type)."""
+        gpu_series = self._gpu_series(snapshot)
         for instance in snapshot.instances or ():
-            if (instance.state == "running" and context.prices.is_gpu(instance.instance_type)
-                    and not context.is_protected(instance.tags)):
+            if (instance.state == "running" and not context.is_protected(instance.tags)
+                    and (context.prices.is_gpu(instance.instance_type) or instance.id in gpu_series)):
                 yield instance
 
     def metric_queries(self, snapshot: Snapshot, context: Context) -> Iterable[MetricQuery]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from datetime import timedelta
 
 from pydantic import Field
 
 from guard.durations import Duration, Period, format_duration
-from guard.model import Evaluation, Finding, Instance, MetricQuery, Severity, Snapshot
+from guard.model import GPU_METRIC, Evaluation, Finding, Instance, MetricQuery, Severity, Snapshot
 from guard.pricing import HOURS_PER_MONTH
 from guard.rule import Context, Rule, WindowedConfig
 
@@ -29,7 +30,10 @@ class IdleVMs(Rule):
     What it detects
         A running instance whose average `CPUUtilization` stayed below `cpu_percent_max` and whose
         `NetworkIn + NetworkOut` stayed below `network_mb_per_hour_max` for the whole `window`
-        (at least `min_coverage` of the window's datapoints present). GPU instances are high severity.
+        (at least `min_coverage` of the window's datapoints present). GPU instances are high severity. An
+        instance the CloudWatch agent publishes GPU series for (`CWAgent` `nvidia_smi_utilization_gpu`) is left
+        to `idle-gpu`: a box whose GPUs are busy is not idle however quiet its CPU and network. When the metric
+        listing cannot be read, a GPU type is left undetermined rather than called idle.
     Why it costs money
         An instance bills its full on-demand rate while it waits: a forgotten g5.12xlarge is $5.67 an hour,
         $4,100 a month, whether or not anything runs on it.
@@ -43,11 +47,14 @@ class IdleVMs(Rule):
     resource_type = "instance"
     billing = "ec2-instance-hours"
     needs = frozenset({"instances", "metrics"})
-    inputs = "EC2 instances; CloudWatch AWS/EC2 CPUUtilization (Average), NetworkIn and NetworkOut (Sum)"
+    uses = frozenset({"metric_listings"})
+    listings = (GPU_METRIC,)
+    inputs = ("EC2 instances; CloudWatch AWS/EC2 CPUUtilization (Average), NetworkIn and NetworkOut (Sum); which "
+              "instances publish CWAgent nvidia_smi_utilization_gpu (ListMetrics)")
     waste_formula = "the instance type's on-demand $/hour in its region"
     suggested_action = "stop"
     actions = ("stop", "terminate")
-    iam_permissions = ("ec2:DescribeInstances", "cloudwatch:GetMetricData")
+    iam_permissions = ("ec2:DescribeInstances", "cloudwatch:ListMetrics", "cloudwatch:GetMetricData")
     Config = IdleVMsConfig
     config: IdleVMsConfig
 
@@ -64,9 +71,19 @@ class IdleVMs(Rule):
 
         return query("CPUUtilization", "Average"), query("NetworkIn", "Sum"), query("NetworkOut", "Sum")
 
+    @staticmethod
+    def _judged_here(instance: Instance, gpu_series: Mapping[str, object] | None, context: Context) -> bool | None:
+        """Whether this rule judges the instance: not when it publishes GPU series (``idle-gpu`` judges it on its
+        GPUs); None (cannot tell) for a GPU type while the metric listing is unknown (``gpu_series`` None)."""
+        if gpu_series is None:
+            return None if context.prices.is_gpu(instance.instance_type) else True
+        return instance.id not in gpu_series
+
     def metric_queries(self, snapshot: Snapshot, context: Context):
+        gpu_series = snapshot.gpu_series()
         for instance in snapshot.instances or ():
-            if instance.state == "running" and not context.is_protected(instance.tags):
+            if (instance.state == "running" and not context.is_protected(instance.tags)
+                    and self._judged_here(instance, gpu_series, context)):
                 yield from self._queries(instance)
 
     def evaluate(self, snapshot: Snapshot, context: Context) -> Evaluation:
@@ -74,8 +91,15 @@ class IdleVMs(Rule):
         expected_points = max(1, int(cfg.window.total_seconds() // cfg.period.total_seconds()))
         needed_points = max(1, math.ceil(expected_points * cfg.min_coverage - 1e-9))
         findings, undetermined = [], set()
+        gpu_series = snapshot.gpu_series()
         for instance in snapshot.instances or ():
             if instance.state != "running" or context.is_protected(instance.tags):
+                continue
+            judged = self._judged_here(instance, gpu_series, context)
+            if judged is None:
+                undetermined.add(instance.id)
+                continue
+            if not judged:
                 continue
             cpu_q, net_in_q, net_out_q = self._queries(instance)
             cpu, net_in, net_out = (snapshot.series(q) for q in (cpu_q, net_in_q, net_out_q))

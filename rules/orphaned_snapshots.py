@@ -27,12 +27,14 @@ class OrphanedSnapshotsConfig(MonthlySeverityConfig):
 
 
 class OrphanedSnapshots(Rule):
-    """EBS snapshots whose volume is gone and that no AMI of the account uses, older than `min_age`.
+    """EBS snapshots whose volume is gone and that no AMI, launch template or launch configuration uses.
 
     What it detects
-        A completed snapshot owned by the account, older than `min_age`, whose source volume no longer exists
-        and that is not behind any AMI the account owns. Snapshots managed by AWS Backup or Data Lifecycle
-        Manager are left to their retention policy.
+        A completed snapshot owned by the account, older than `min_age`, whose source volume no longer exists,
+        that is not behind any AMI the account owns, and that no block-device mapping of any launch template
+        version (not only `$Default` and `$Latest`: a group or fleet may pin an older one) or launch configuration
+        names — an Auto Scaling group launching from it would fail without it. Snapshots managed by AWS Backup or
+        Data Lifecycle Manager are left to their retention policy.
     Why it costs money
         Snapshots bill $0.05 per GB-month for as long as they are kept; the ones of deleted volumes and of
         deregistered AMIs pile up unseen. The price shown is an upper bound: snapshots are incremental and bill
@@ -45,22 +47,27 @@ class OrphanedSnapshots(Rule):
 
     id = "orphaned-snapshots"
     resource_type = "snapshot"
-    needs = frozenset({"snapshots", "volumes", "images"})
-    inputs = "EBS snapshots owned by the account; EBS volumes; AMIs owned by the account (their snapshots)"
+    needs = frozenset({"snapshots", "volumes", "images", "launch_sources"})
+    inputs = ("EBS snapshots owned by the account; EBS volumes; AMIs owned by the account (their snapshots); every "
+              "launch template version and launch configuration (the snapshots their block devices name)")
     waste_formula = "size GiB × $0.05/GB-month ÷ 730 (upper bound: snapshots are incremental)"
     suggested_action = "delete"
     actions = ("delete",)
-    iam_permissions = ("ec2:DescribeSnapshots", "ec2:DescribeVolumes", "ec2:DescribeImages")
+    iam_permissions = ("ec2:DescribeSnapshots", "ec2:DescribeVolumes", "ec2:DescribeImages",
+                       "ec2:DescribeLaunchTemplateVersions", "autoscaling:DescribeLaunchConfigurations")
     Config = OrphanedSnapshotsConfig
     config: OrphanedSnapshotsConfig
 
     def evaluate(self, snapshot: Snapshot, context: Context) -> Evaluation:
         volumes = {volume.id for volume in snapshot.volumes or ()}
         used_by_images = {snapshot_id for image in snapshot.images or () for snapshot_id in image.snapshot_ids}
+        # Every version counts, not only what groups pin today: a fleet request or a script may name any of them.
+        used_to_launch = {snapshot_id for source in snapshot.launch_sources or ()
+                          for snapshot_id in source.snapshot_ids}
         findings = []
         for ebs in snapshot.snapshots or ():
             if (ebs.state != "completed" or context.is_protected(ebs.tags) or _managed_backup(ebs)
-                    or ebs.volume_id in volumes or ebs.id in used_by_images):
+                    or ebs.volume_id in volumes or ebs.id in used_by_images or ebs.id in used_to_launch):
                 continue
             age = snapshot.taken_at - ebs.start_time
             if age < self.config.min_age:
@@ -87,8 +94,8 @@ class OrphanedSnapshots(Rule):
             owner=context.owner_of(ebs.tags),
             severity=severity,
             waste_hourly_usd=hourly,
-            summary=(f"{ebs.size_gib} GiB snapshot of {source}, used by no AMI, {age.total_seconds() / 86400:.1f} "
-                     f"days old — at most ${hourly:.4f}/hour"),
+            summary=(f"{ebs.size_gib} GiB snapshot of {source}, used by no AMI or launch template, "
+                     f"{age.total_seconds() / 86400:.1f} days old — at most ${hourly:.4f}/hour"),
             suggested_action=self.suggested_action,
             evidence={
                 "size_gib": ebs.size_gib,

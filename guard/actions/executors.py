@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from botocore.exceptions import ClientError
 
 from guard.aws import Aws
+from guard.collectors.launch_sources import collect_launch_sources
 from guard.model import CLUSTER_TAG, Tags, freeze_tags
 from guard.stoppable import InstanceFacts
 from guard.wire import OWNER_TAG
@@ -260,7 +261,7 @@ class DeleteSnapshot(Executor):
     name = "delete"
     resource_type = "snapshot"
     operations = ("ec2:DeleteSnapshot",)
-    reads = ("ec2:DescribeSnapshots",)
+    reads = ("ec2:DescribeSnapshots", "ec2:DescribeLaunchTemplateVersions", "autoscaling:DescribeLaunchConfigurations")
     iam_resource = "arn:aws:ec2:{region}::snapshot/*"
 
     def observe(self, aws, region, resource_id, params) -> Observed:
@@ -271,6 +272,13 @@ class DeleteSnapshot(Executor):
         tags = freeze_tags(snapshot.get("Tags"))
         blocker = (f"it is the copy snapshot-then-delete kept of {tags.get('guard:volume-id', 'a volume')}: "
                    "delete it by hand once it is not needed" if KEY_TAG in tags else None)
+        if blocker is None:
+            # AWS refuses to delete an AMI's snapshot, not one a launch template names: the group's next launch
+            # would fail. Read again now: a template made since the scan counts.
+            users = [source.describe() for source in collect_launch_sources(aws, region)
+                     if resource_id in source.snapshot_ids]
+            if users:
+                blocker = f"{users[0]} launches from it" + (f" (and {len(users) - 1} more)" if len(users) > 1 else "")
         return Observed(exists=True, tags=tags, state=snapshot["State"], blocker=blocker)
 
     def execute(self, aws, region, resource_id, params, detail, started_at, now) -> Outcome:

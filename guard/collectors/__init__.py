@@ -9,6 +9,7 @@ from guard.collectors.addresses import collect_addresses
 from guard.collectors.buckets import collect_buckets
 from guard.collectors.images import collect_images
 from guard.collectors.instances import collect_instances
+from guard.collectors.launch_sources import collect_launch_sources
 from guard.collectors.listings import collect_listings
 from guard.collectors.log_groups import collect_log_groups
 from guard.collectors.log_samples import collect_log_samples
@@ -24,6 +25,7 @@ RESOURCE_COLLECTORS = {
     "nat_gateways": collect_nat_gateways,
     "snapshots": collect_snapshots,
     "images": collect_images,
+    "launch_sources": collect_launch_sources,
     "log_groups": collect_log_groups,
     "buckets": collect_buckets,
 }

@@ -197,6 +197,10 @@ def seed_team_account(endpoint_url: str, now: datetime | None = None) -> GroundT
         raise SandboxError(f"{endpoint_url} is not a SandboxServer of this process")
     now = _utc(now)
     rng = random.Random(SEED)
+    for region in REGIONS:
+        # the emulator builds a service's backend on first use, drawing on the id generator: build the ones the
+        # seeders use late before seeding it, so ids do not depend on what an earlier account in this process did
+        sandbox_client(endpoint_url, "autoscaling", region).describe_launch_configurations()
     moto_api(endpoint_url, f"seed?a={SEED}")
     instances: list[InstanceSpec] = []
     first_of: dict[str, tuple[str, str]] = {}

@@ -4,7 +4,9 @@ The team account's idle GPU instances have no agent metrics, so ``idle-gpu`` jud
 findings here too. The CloudWatch agent's ``CWAgent`` ``nvidia_smi_utilization_gpu`` series (one per GPU)
 are fed for ``train-llm`` (busy: a near miss) and for three new instances whose CPU and network are busy, so
 ``idle-vms`` finds none of them: one whose GPU idles (a finding only the GPU signal catches), one whose
-busiest GPU sits just above the threshold, and a protected one.
+busiest GPU sits just above the threshold, and a protected one. A fourth, a g5.12xlarge fine-tuning from local
+NVMe, has 2% CPU and a quiet network but its four GPUs busy: a near miss of both rules (``idle-vms`` leaves an
+instance with GPU series to ``idle-gpu``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class _GpuBox:
     """Why idle-gpu must not report it; None: a finding."""
     protect: bool = False
     age: timedelta = timedelta(days=3)
+    quiet: bool = False
+    """CPU and network idle (the ``gpu-busy`` profile) rather than busy."""
 
 
 _E, _W = REGIONS
@@ -59,6 +63,7 @@ NEW_BOXES = (
     _GpuBox(_W, "g4dn.12xlarge", "wei.chen", "multi-gpu-eval", (NEAR_MISS_GPU, IDLE_GPU, IDLE_GPU, IDLE_GPU),
             "gpu-near-miss"),
     _GpuBox(_W, "g5.xlarge", "maria.garcia", "forecast-gpu-trial", (IDLE_GPU,), "protected", protect=True),
+    _GpuBox(_E, "g5.12xlarge", "wei.chen", "llm-finetune-nvme", (BUSY_GPU,) * 4, "gpu-busy", quiet=True),
 )
 
 
@@ -137,11 +142,12 @@ def seed(context: SeedContext) -> Seeded:
     for box in NEW_BOXES:
         instance_id = _launch(context.endpoint_url, box)
         launched[box.region][instance_id] = context.now - box.age
-        cpu_data[box.region].extend(metrics.datums(instance_id, metrics.BUSY, stamps, rng))
+        load = metrics.IDLE if box.quiet else metrics.BUSY
+        cpu_data[box.region].extend(metrics.datums(instance_id, load, stamps, rng))
         gpu_data[box.region].extend(_gpu_datums(instance_id, box.instance_type, box.gpus, stamps, rng))
+        profile = "protected" if box.protect else "gpu-busy" if box.quiet else "busy"
         instances.append(InstanceSpec(box.region, instance_id, box.instance_type, architecture(box.instance_type),
-                                      "protected" if box.protect else "busy", box.owner, box.name, box.protect,
-                                      context.now - box.age))
+                                      profile, box.owner, box.name, box.protect, context.now - box.age))
         if box.reason is None:
             findings.append(ExpectedFinding(RULE, box.region, instance_id, box.owner,
                                             catalog.hourly_usd(box.instance_type, box.region)))

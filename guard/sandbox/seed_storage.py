@@ -3,7 +3,9 @@ instances (``stopped-instance-volumes``).
 
 Orphans are made as a person makes them: snapshot a volume, then delete the volume; or register an AMI (the
 emulator backs it with a snapshot of a throw-away volume, as a Packer build does) and deregister it later.
-Snapshots of live volumes and of registered AMIs are the near misses. Snapshot start times and the base
+Snapshots of live volumes, of registered AMIs and of deleted volumes that a launch template version (an older one
+than ``$Default``/``$Latest``, as a pinned Auto Scaling group uses) or a launch configuration still restores a data
+volume from are the near misses. Snapshot start times and the base
 account's stopped instances' stop times are then moved into the past.
 """
 
@@ -23,10 +25,11 @@ ORPHANED_SNAPSHOTS = "orphaned-snapshots"
 STOPPED_INSTANCE_VOLUMES = "stopped-instance-volumes"
 
 SnapshotKind = Literal["orphan", "orphan-of-image", "too-young", "under-min-age", "protected", "volume-exists",
-                       "used-by-image"]
+                       "used-by-image", "used-by-launch-template", "used-by-launch-configuration"]
 """``orphan`` and ``orphan-of-image`` (its AMI deregistered) are findings with the default 7-day ``min_age``."""
 _FINDING_KINDS = frozenset({"orphan", "orphan-of-image"})
-_OF_A_DELETED_VOLUME = frozenset({"orphan", "too-young", "under-min-age", "protected"})
+_LAUNCHED_FROM = frozenset({"used-by-launch-template", "used-by-launch-configuration"})
+_OF_A_DELETED_VOLUME = frozenset({"orphan", "too-young", "under-min-age", "protected"}) | _LAUNCHED_FROM
 _OF_AN_IMAGE = frozenset({"orphan-of-image", "used-by-image"})
 
 
@@ -64,12 +67,14 @@ SNAPSHOTS = (
     _Snap(_E, "volume-exists", timedelta(days=10), "maria.garcia", "training-data-2024-backup",
           source="training-data-2024"),
     _Snap(_E, "too-young", timedelta(days=2), "sara.okafor", "scratch-before-resize", 200),
+    _Snap(_E, "used-by-launch-template", timedelta(days=60), "wei.chen", "dask-workers-dataset", 100),
     _Snap(_W, "orphan", timedelta(days=14), size_gib=64, volume_type="gp2"),
     _Snap(_W, "orphan", timedelta(days=8), "tom.becker", "kafka-logs-2023", 500, "st1"),
     _Snap(_W, "under-min-age", timedelta(days=6, hours=20), "priya.patel", "embeddings-v0", 100),
     _Snap(_W, "protected", timedelta(days=120), "tom.becker", "dr-postgres-golden", 1000),
     _Snap(_W, "volume-exists", timedelta(days=30), "priya.patel", "golden-dataset-weekly", source="golden-dataset"),
     _Snap(_W, "used-by-image", timedelta(days=50), "priya.patel", "vector-db-ami"),
+    _Snap(_W, "used-by-launch-configuration", timedelta(days=200), "tom.becker", "kafka-brokers-2022", 50),
 )
 """``kafka-logs-2023`` (8 days) is just past the default 7 days, ``embeddings-v0`` (6 d 20 h) just short of it."""
 
@@ -119,6 +124,8 @@ def _seed_snapshots(context: SeedContext, region: str) -> Seeded:
                                               **tag_specs)["SnapshotId"]
             if snap.kind in _OF_A_DELETED_VOLUME:
                 ec2.delete_volume(VolumeId=volume_id)
+            if snap.kind in _LAUNCHED_FROM:
+                _launch_from(context, region, snap, snapshot_id)
         created[snapshot_id] = snap
     backdate(context.endpoint_url, region, snapshots={i: context.now - s.age for i, s in created.items()})
     sizes = {raw["SnapshotId"]: raw["VolumeSize"]
@@ -132,6 +139,30 @@ def _seed_snapshots(context: SeedContext, region: str) -> Seeded:
         else:
             near_misses.append(NearMiss(ORPHANED_SNAPSHOTS, region, snapshot_id, snap.kind))
     return Seeded(tuple(findings), tuple(near_misses))
+
+
+def _launch_from(context: SeedContext, region: str, snap: _Snap, snapshot_id: str) -> None:
+    """A launch template whose version 1 restores a data volume from the snapshot and whose later versions (the
+    ``$Default`` and ``$Latest``) do not — a group pinned to version 1 still needs it; or a launch configuration."""
+    name = snap.name or "workers"
+    data_volume = [{"DeviceName": "/dev/sdf", "Ebs": {"SnapshotId": snapshot_id, "VolumeType": "gp3",
+                                                      "DeleteOnTermination": True}}]
+    image_id = "ami-0123456789abcdef0"
+    if snap.kind == "used-by-launch-configuration":
+        sandbox_client(context.endpoint_url, "autoscaling", region).create_launch_configuration(
+            LaunchConfigurationName=name, ImageId=image_id, InstanceType="m5.xlarge", BlockDeviceMappings=data_volume)
+        return
+    ec2 = sandbox_client(context.endpoint_url, "ec2", region)
+    tags = team_tags(snap.owner, name)
+    template_id = ec2.create_launch_template(
+        LaunchTemplateName=name,
+        LaunchTemplateData={"ImageId": image_id, "InstanceType": "m5.xlarge", "BlockDeviceMappings": data_volume},
+        **({"TagSpecifications": [{"ResourceType": "launch-template", "Tags": tags}]} if tags else {}),
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    for instance_type in ("m5.2xlarge", "m5.4xlarge"):
+        ec2.create_launch_template_version(LaunchTemplateId=template_id,
+                                           LaunchTemplateData={"ImageId": image_id, "InstanceType": instance_type})
+    ec2.modify_launch_template(LaunchTemplateId=template_id, DefaultVersion="3")
 
 
 def _seed_stops(context: SeedContext, region: str) -> Seeded:

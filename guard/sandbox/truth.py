@@ -17,8 +17,10 @@ IDLE_VMS = "idle-vms"
 DETACHED_VOLUMES = "detached-volumes"
 UNKNOWN_OWNER = "unknown"
 
-Profile = Literal["busy", "idle", "near-miss-cpu", "near-miss-network", "protected", "stopped", "young", "no-data"]
-"""How an instance behaves: only ``idle`` is a finding; ``young`` and ``no-data`` are undetermined."""
+Profile = Literal["busy", "idle", "near-miss-cpu", "near-miss-network", "protected", "stopped", "young", "no-data",
+                  "gpu-busy"]
+"""How an instance behaves: only ``idle`` is a finding; ``young`` and ``no-data`` are undetermined; ``gpu-busy``
+is quiet on CPU and network but its GPUs are busy (the agent says so): not idle."""
 VolumeKind = Literal["detached", "young", "protected", "attached"]
 """What a seeded volume is: only ``detached`` (older than a day, unprotected) is a finding."""
 

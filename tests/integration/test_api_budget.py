@@ -14,7 +14,7 @@ def only(registry, *rule_ids: str) -> dict[str, dict[str, bool]]:
     return {rule_id: {"enabled": rule_id in rule_ids} for rule_id in registry.rules}
 
 
-def test_1000_instances_and_100_volumes_cost_at_most_10_calls(sandbox: SandboxServer, make_scanner,
+def test_1000_instances_and_100_volumes_cost_at_most_11_calls(sandbox: SandboxServer, make_scanner,
                                                                 registry) -> None:
     sandbox.reset()
     seed_fleet(sandbox.endpoint_url, "us-east-1", instances=1000, volumes=100)
@@ -28,13 +28,15 @@ def test_1000_instances_and_100_volumes_cost_at_most_10_calls(sandbox: SandboxSe
     # the emulator may answer in fewer pages, never in more.
     calls = report.api_calls
     assert set(calls) == {"sts:GetCallerIdentity", "ec2:DescribeInstances", "ec2:DescribeVolumes",
-                          "cloudwatch:GetMetricData"}
+                          "cloudwatch:ListMetrics", "cloudwatch:GetMetricData"}
     assert calls["sts:GetCallerIdentity"] == 1
+    # idle-vms lists which instances publish GPU series (left to idle-gpu): one listing, one page here
+    assert calls["cloudwatch:ListMetrics"] == 1
     assert calls["ec2:DescribeInstances"] <= math.ceil(len(instances) / INSTANCE_PAGE)
     assert calls["ec2:DescribeVolumes"] <= math.ceil(len(volumes) / VOLUME_PAGE)
     # 3 series per running instance (CPU, NetworkIn, NetworkOut): 3,000 queries in calls of 500.
     assert calls["cloudwatch:GetMetricData"] == math.ceil(3 * 1000 / MAX_QUERIES_PER_CALL) == 6
-    assert sum(calls.values()) <= 10
+    assert sum(calls.values()) <= 11
 
     again = scanner.scan("us-east-1")
     assert "sts:GetCallerIdentity" not in again.api_calls  # the account id is cached
@@ -72,6 +74,11 @@ def test_every_rule_enabled_costs_pages_and_queries_not_resources(team_account, 
             (query.window_seconds, query.period_seconds), 0) + 1
     sampled = len(snap.log_samples)
     assert 0 < sampled <= 20
+    versions: dict[str, set[int]] = {}
+    for source in snap.launch_sources:
+        if source.kind == "launch-template":
+            versions.setdefault(source.id, set()).add(source.version)
+    assert versions and any(len(numbers) > 2 for numbers in versions.values())
     expected = {
         "sts:GetCallerIdentity": 1,
         "ec2:DescribeInstances": math.ceil(len(snap.instances) / INSTANCE_PAGE),
@@ -80,6 +87,9 @@ def test_every_rule_enabled_costs_pages_and_queries_not_resources(team_account, 
         "ec2:DescribeNatGateways": 1,
         "ec2:DescribeSnapshots": 1,
         "ec2:DescribeImages": 1,
+        # every template's $Latest and $Default in one page, then one page per template with older versions
+        "ec2:DescribeLaunchTemplateVersions": 1 + sum(1 for numbers in versions.values() if len(numbers) > 2),
+        "auto-scaling:DescribeLaunchConfigurations": 1,
         "cloudwatch-logs:DescribeLogGroups": math.ceil(len(snap.log_groups) / 50),
         "resource-groups-tagging-api:GetResources": 2,  # log groups and buckets, one page each
         "s3:ListBuckets": 1,

@@ -138,8 +138,9 @@ def test_the_scan_counts_its_calls_as_the_emulator_logs_them(tmp_path: Path) -> 
         seeded = emulator.seed(TINY)
         run = run_vmguard(emulator, TINY, tmp_path / "vmguard")
 
+    # idle-vms lists the instances that publish GPU series (left to idle-gpu): one ListMetrics page
     expected = {"sts:GetCallerIdentity": 1, "ec2:DescribeInstances": 1, "ec2:DescribeVolumes": 1,
-                "cloudwatch:GetMetricData": 1}
+                "cloudwatch:ListMetrics": 1, "cloudwatch:GetMetricData": 1}
     assert run.client_calls == expected
     assert run.served_calls == expected and run.served.failed == {}
     truth = Truth.of(seeded)

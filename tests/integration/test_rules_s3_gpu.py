@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from faults import FaultProxy
 
 from guard.engine import Scanner
-from guard.sandbox import GroundTruth
+from guard.pricing import default_catalog
+from guard.sandbox import GroundTruth, SandboxServer
 from guard.store import Store
 
 pytestmark = pytest.mark.integration
@@ -85,3 +87,33 @@ def test_idle_gpu_finds_the_ground_truth_and_says_which_signal_judged(team_accou
     assert by_signal["cpu"] <= idle_vms
     assert all(rows[instance_id].evidence["busiest_gpu_percent"] < 10 for instance_id in by_signal["gpu"])
     assert all(row.severity == "high" and row.suggested_action == "stop" for row in rows.values())
+
+
+def test_a_busy_gpu_box_quiet_on_cpu_and_network_is_idle_to_neither_rule(team_account: GroundTruth,
+                                                                          scanned: Store) -> None:
+    # a g5.12xlarge fine-tuning from local NVMe: four GPUs busy (CWAgent), 2% CPU, almost no network
+    [box] = [vm for vm in team_account.instances if vm.profile == "gpu-busy"]
+    assert box.instance_type == "g5.12xlarge"
+    keys = {(rule, box.region, box.instance_id) for rule in ("idle-vms", "idle-gpu")}
+    assert keys <= {miss.key for miss in team_account.near_misses}
+    assert not keys & (open_findings(scanned, "idle-vms").keys() | open_findings(scanned, "idle-gpu").keys())
+
+
+def test_without_the_metric_listing_idle_vms_calls_no_gpu_type_idle(team_account: GroundTruth, sandbox: SandboxServer,
+                                                                     make_scanner, registry,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    catalog = default_catalog()
+    with FaultProxy(sandbox.endpoint_url) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDWATCH", proxy.url)
+        proxy.fail("ListMetrics", 400, "AccessDenied")
+        scanner: Scanner = make_scanner(rules={rule_id: {"enabled": rule_id == "idle-vms"}
+                                               for rule_id in registry.rules})
+        report = scanner.scan("us-east-1")
+    assert report.snapshot.metric_listings is None and "idle-vms" not in report.skipped
+    evaluation = report.evaluations["idle-vms"]
+    gpu_boxes = {vm.instance_id for vm in team_account.instances if vm.region == "us-east-1"
+                 and catalog.is_gpu(vm.instance_type) and vm.profile not in ("stopped", "protected")}
+    assert gpu_boxes and gpu_boxes <= evaluation.undetermined
+    # every other instance is judged as before
+    expected = {key[2] for key in team_account.expected("idle-vms") if key[1] == "us-east-1"}
+    assert {finding.resource_id for finding in evaluation.findings} == expected - gpu_boxes

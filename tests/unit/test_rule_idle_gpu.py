@@ -333,8 +333,9 @@ def test_findings_are_running_unprotected_gpu_boxes_below_the_threshold_of_their
     flagged = {f.resource_id: f for f in result.findings}
     assert not flagged.keys() & result.undetermined
     for instance, spec in zip(instances, specs, strict=True):
+        # a type with GPUs, or any instance that publishes GPU series (idle-vms leaves those to this rule)
         eligible = (spec["state"] == "running" and not spec["protected"]
-                    and default_catalog().is_gpu(spec["type"]))
+                    and (default_catalog().is_gpu(spec["type"]) or spec["gpus"] is not None))
         if not eligible:
             assert instance.id not in flagged and instance.id not in result.undetermined
             continue
@@ -347,3 +348,37 @@ def test_findings_are_running_unprotected_gpu_boxes_below_the_threshold_of_their
             assert flagged[instance.id].severity is Severity.high
         else:
             assert instance.id not in flagged and instance.id not in result.undetermined
+
+
+# --- issue 13 item 1: the busy g5.12xlarge idle-vms used to call idle ---
+
+
+def test_busy_gpus_with_quiet_cpu_are_not_idle_and_idle_gpus_are() -> None:
+    box = make_instance("i-train", "g5.12xlarge")
+    busy = evaluate([box], cpu={"i-train": flat(2.0)}, gpus={"i-train": [flat(95.0)] * 4})
+    assert busy.findings == () and busy.undetermined == frozenset()
+    # near miss: the same box with its 4 GPUs at 0% is idle, judged on its GPUs
+    (finding,) = evaluate([box], cpu={"i-train": flat(2.0)}, gpus={"i-train": [flat(0.0)] * 4}).findings
+    assert finding.evidence["signal"] == "gpu" and finding.evidence["gpus_reporting"] == 4
+    assert finding.waste_hourly_usd == pytest.approx(5.672)
+
+
+def test_an_instance_with_gpu_series_is_judged_whatever_the_catalog_says() -> None:
+    # a type the catalog does not know (or does not call a GPU type) still publishes GPU use: idle-vms leaves it
+    # to this rule, so this rule must judge it
+    odd = make_instance("i-new", "p9.unknown")
+    assert not CONTEXT.prices.is_gpu("p9.unknown")
+    (finding,) = evaluate([odd], gpus={"i-new": [flat(1.0), flat(2.0)]}).findings
+    assert finding.resource_id == "i-new" and finding.evidence["signal"] == "gpu"
+    assert evaluate([odd], gpus={"i-new": [flat(1.0), flat(60.0)]}).findings == ()
+    # without GPU series such a type is not this rule's at all
+    assert evaluate([odd], cpu={"i-new": flat(0.5)}) == evaluate([], cpu={})
+
+
+def test_gpu_series_are_one_helper_on_the_snapshot() -> None:
+    listed = (gpu_dimensions("i-a", 0), gpu_dimensions("i-a", 1), gpu_dimensions("i-b", 0),
+              (("index", "0"),))  # a set without an instance is nobody's
+    snapshot = Snapshot(account_id="1", region="us-east-1", taken_at=NOW, metric_listings={GPU_METRIC: listed})
+    assert dict(snapshot.gpu_series()) == {"i-a": listed[:2], "i-b": listed[2:3]}
+    assert Snapshot(account_id="1", region="us-east-1", taken_at=NOW).gpu_series() is None
+    assert dict(Snapshot(account_id="1", region="us-east-1", taken_at=NOW, metric_listings={}).gpu_series()) == {}

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
+from types import MappingProxyType
 
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from guard.model import Instance, MetricQuery, Series, Severity, Snapshot, freeze_tags
+from guard.model import GPU_METRIC, Instance, MetricQuery, Series, Severity, Snapshot, freeze_tags
 from guard.pricing import HOURS_PER_MONTH, default_catalog
 from guard.rule import Context
 from rules.idle_vms import IdleVMs
@@ -44,14 +45,15 @@ Data = Mapping[str, Mapping[str, Sequence[float]]]
 
 
 def with_metrics(rule: IdleVMs, instances: Sequence[Instance], data: Data,
-                 region: str = "us-east-1", context: Context = CONTEXT) -> Snapshot:
+                 region: str = "us-east-1", context: Context = CONTEXT,
+                 listings: Mapping | None = MappingProxyType({})) -> Snapshot:
     """A snapshot whose metrics answer exactly the queries the rule asks for.
 
     ``data`` maps instance id -> metric name (CPUUtilization/NetworkIn/NetworkOut) -> values; missing entries
-    get no series at all (CloudWatch had no datapoints).
+    get no series at all (CloudWatch had no datapoints). ``listings`` are the metric listings (None: unknown).
     """
     bare = Snapshot(account_id="123456789012", region=region, taken_at=NOW, instances=tuple(instances),
-                    metrics={})
+                    metric_listings=listings, metrics={})
     metrics: dict[MetricQuery, Series] = {}
     for query in rule.metric_queries(bare, context):
         instance_id = dict(query.dimensions)["InstanceId"]
@@ -67,9 +69,10 @@ def idle_data(cpu: float = 0.8, mb_per_hour: float = 0.2, points: int = POINTS) 
 
 
 def evaluate(instances: Sequence[Instance], data: Data,
-             rule: IdleVMs | None = None, region: str = "us-east-1", context: Context = CONTEXT):
+             rule: IdleVMs | None = None, region: str = "us-east-1", context: Context = CONTEXT,
+             listings: Mapping | None = MappingProxyType({})):
     rule = rule or IdleVMs()
-    return rule.evaluate(with_metrics(rule, instances, data, region, context), context)
+    return rule.evaluate(with_metrics(rule, instances, data, region, context, listings), context)
 
 
 # --- metric queries ---
@@ -401,3 +404,43 @@ def test_evaluate_never_raises_and_only_flags_running_unprotected_low_cpu(
         else:
             assert instance_id not in result.undetermined
     event(f"findings: {min(len(flagged), 2)}")
+
+
+# --- instances that publish GPU use are idle-gpu's ---
+
+
+def gpu_listing(instance_id: str, gpus: int) -> dict:
+    return {GPU_METRIC: tuple(tuple(sorted({"InstanceId": instance_id, "index": str(n), "name": "NVIDIA A10G"}.items()))
+                              for n in range(gpus))}
+
+
+def test_busy_gpu_box_with_quiet_cpu_and_network_is_not_called_idle() -> None:
+    # issue 13 item 1: a g5.12xlarge training from local NVMe, 4 GPUs at 95%, 2% CPU, no network to speak of
+    box = make_instance("i-train", "g5.12xlarge")
+    quiet = idle_data(cpu=2.0, mb_per_hour=0.1)
+    result = evaluate([box], {"i-train": quiet}, listings=gpu_listing("i-train", 4))
+    assert result.findings == () and result.undetermined == frozenset()
+    # judged on its GPUs by idle-gpu, not on CPU here: none of its CPU or network series is even asked for
+    snapshot = with_metrics(IdleVMs(), [box], {}, listings=gpu_listing("i-train", 4))
+    assert list(IdleVMs().metric_queries(snapshot, CONTEXT)) == []
+    # the same box without the agent's GPU series is judged on CPU and network, as before
+    (finding,) = evaluate([box], {"i-train": quiet}).findings
+    assert finding.resource_id == "i-train" and finding.waste_hourly_usd == pytest.approx(5.672)
+
+
+def test_gpu_series_of_another_instance_change_nothing() -> None:
+    (finding,) = evaluate([make_instance("i-gpu", "g5.xlarge")], {"i-gpu": idle_data()},
+                          listings=gpu_listing("i-elsewhere", 1)).findings
+    assert finding.resource_id == "i-gpu"
+
+
+def test_unknown_metric_listing_leaves_gpu_types_undetermined_and_judges_the_rest() -> None:
+    instances = [make_instance("i-gpu", "g5.12xlarge"), make_instance("i-cpu", "m5.large")]
+    result = evaluate(instances, {"i-gpu": idle_data(), "i-cpu": idle_data()}, listings=None)
+    assert [finding.resource_id for finding in result.findings] == ["i-cpu"]
+    assert result.undetermined == frozenset({"i-gpu"})
+
+
+def test_idle_vms_reads_the_gpu_listing_when_it_can() -> None:
+    assert "metric_listings" in IdleVMs.uses and "metric_listings" not in IdleVMs.needs
+    assert GPU_METRIC in IdleVMs.listings and "cloudwatch:ListMetrics" in IdleVMs.iam_permissions

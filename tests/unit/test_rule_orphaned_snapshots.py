@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from guard.model import EbsSnapshot, Image, Severity, Snapshot, Volume, freeze_tags
+from guard.model import EbsSnapshot, Image, LaunchSource, Severity, Snapshot, Volume, freeze_tags
 from guard.pricing import HOURS_PER_MONTH, default_catalog
 from guard.rule import Context
 from rules.orphaned_snapshots import OrphanedSnapshots
@@ -37,9 +37,10 @@ def make_image(*snapshot_ids: str, state: str = "available") -> Image:
 
 
 def evaluate(snapshots: Sequence[EbsSnapshot], volumes: Sequence[Volume] = (), images: Sequence[Image] = (),
-             rule: OrphanedSnapshots | None = None, region: str = "us-east-1", context: Context = CONTEXT):
+             rule: OrphanedSnapshots | None = None, region: str = "us-east-1", context: Context = CONTEXT,
+             launch_sources: Sequence[LaunchSource] = ()):
     snapshot = Snapshot(account_id="123456789012", region=region, taken_at=NOW, snapshots=tuple(snapshots),
-                        volumes=tuple(volumes), images=tuple(images))
+                        volumes=tuple(volumes), images=tuple(images), launch_sources=tuple(launch_sources))
     return (rule or OrphanedSnapshots()).evaluate(snapshot, context)
 
 
@@ -73,6 +74,26 @@ def test_snapshot_of_an_existing_volume_is_not_a_finding() -> None:
 def test_snapshot_behind_an_image_of_the_account_is_not_a_finding(image_state: str) -> None:
     image = make_image("snap-0", "snap-1", state=image_state)
     assert evaluate([make_snapshot()], images=[image]).findings == ()
+
+
+@pytest.mark.parametrize("source", [
+    LaunchSource("launch-template", "lt-1", "trainers", 3, ("snap-0", "snap-1")),  # $Default or $Latest
+    LaunchSource("launch-template", "lt-1", "trainers", 1, ("snap-1",)),  # an older version a group may pin
+    LaunchSource("launch-configuration", "trainers-2023", "trainers-2023", None, ("snap-1",)),
+])
+def test_snapshot_a_launch_template_or_configuration_names_is_in_use(source: LaunchSource) -> None:
+    # deleting it breaks the next launch of every Auto Scaling group or fleet launching from it
+    other = LaunchSource("launch-template", "lt-2", "notebooks", 1, ("snap-other",))
+    assert evaluate([make_snapshot()], launch_sources=[other, source]).findings == ()
+    (finding,) = evaluate([make_snapshot()], launch_sources=[other]).findings
+    assert "no AMI or launch template" in finding.summary
+
+
+def test_the_rule_needs_the_launch_sources() -> None:
+    # unknown launch templates must skip the rule, never make every snapshot they name look orphaned
+    assert "launch_sources" in OrphanedSnapshots.needs
+    assert {"ec2:DescribeLaunchTemplateVersions", "autoscaling:DescribeLaunchConfigurations"} <= set(
+        OrphanedSnapshots.iam_permissions)
 
 
 def test_snapshot_without_a_source_volume_id_is_an_orphan() -> None:

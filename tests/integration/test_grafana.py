@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from listening import daemon_url, prometheus_url
 from polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,12 +48,6 @@ def tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed: `make test` installs it (Debian: prometheus, prometheus-alertmanager)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
@@ -150,19 +144,19 @@ def alive(process: subprocess.Popen, log: Path) -> bool:
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[str]:
-    """`guard demo --listen` as a user runs it: its own seeded sandbox account, the daemon serving /metrics."""
-    port = free_port()
+    """`guard demo --listen` as a user runs it: its own seeded sandbox account, the daemon serving /metrics (on a
+    port the system picks, read from what the demo prints)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(("GUARD_", "AWS_"))} | {
         "GUARD_API_TOKEN": TOKEN,
         "GUARD_SCAN_INTERVAL": "5s",  # scans during the test, so rates and the duration histogram move
         "GUARD_KEEPALIVE_CHECK_INTERVAL": "1s",
     }
     log = (tmp_path / "demo.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "guard", "demo", "--listen", f"127.0.0.1:{port}",
+    process = subprocess.Popen([sys.executable, "-m", "guard", "demo", "--listen", "127.0.0.1:0",
                                 "--sdk-env", str(tmp_path / "sdk.env")],
                                env=env, stdout=log, stderr=log, cwd=tmp_path)
-    url = f"http://127.0.0.1:{port}"
     try:
+        url = daemon_url(tmp_path / "demo.log", process)
         wait_for(lambda: alive(process, tmp_path / "demo.log") and httpx.get(f"{url}/readyz").status_code == 200,
                  120, f"guard demo to serve {url}/readyz")
         yield url
@@ -189,13 +183,12 @@ def prometheus(demo: str, tmp_path: Path) -> Iterator[str]:
     job.update(scrape_interval="1s", scrape_timeout="1s",
                static_configs=[{"targets": [demo.removeprefix("http://")]}])
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
     log = (tmp_path / "prometheus.log").open("w")
     process = subprocess.Popen([tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-                                f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                f"--storage.tsdb.path={tmp_path / 'tsdb'}", "--web.listen-address=127.0.0.1:0"],
                                stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
     try:
+        url = prometheus_url(tmp_path / "prometheus.log", process)
         wait_for(lambda: alive(process, tmp_path / "prometheus.log") and httpx.get(f"{url}/-/ready").status_code == 200,
                  60, "Prometheus to be ready")
         yield url

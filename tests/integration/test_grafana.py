@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,9 @@ import pytest
 import yaml
 from listening import daemon_url, prometheus_url
 from polling import wait_for
+
+from guard.sandbox import sandbox_client
+from guard.sandbox.images import image_for
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "grafana"
@@ -209,13 +213,26 @@ def has_data(result: list[dict]) -> bool:
     return any(math.isfinite(float(sample["value"][1])) for sample in result)
 
 
+def launched(tmp_path: Path, region: str, cluster_id: str) -> str:
+    """An instance in the demo's sandbox account, tagged as the SDK tags it for ``OWNER`` (the daemon checks a
+    registration against EC2); the account's endpoint is read from the SDK environment the demo wrote."""
+    env = dict(word.removeprefix("export ").split("=", 1) for word in shlex.split(
+        (tmp_path / "sdk.env").read_text(), comments=True) if word != "export")
+    tags = {"owner": OWNER, "guard:managed": "true", "vmguard:cluster": cluster_id}
+    reply = sandbox_client(env["AWS_ENDPOINT_URL"], "ec2", region).run_instances(
+        ImageId=image_for("m7i.large"), InstanceType="m7i.large", MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}])
+    return reply["Instances"][0]["InstanceId"]
+
+
 def test_every_dashboard_and_rule_query_runs_on_a_real_prometheus_scraping_the_demo(
-        demo: str, prometheus: str) -> None:
+        demo: str, prometheus: str, tmp_path: Path) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     # A cluster that heartbeats (cost, heartbeats, time left) and one whose keepalive runs out (an action).
     for cluster_id, region, keepalive in ((LIVE_CLUSTER, "us-east-1", 3600), (EXPIRING_CLUSTER, "us-west-2", 10)):
+        instance_id = launched(tmp_path, region, cluster_id)
         reply = httpx.post(f"{demo}/v1/clusters", headers=auth, json={
-            "cluster_id": cluster_id, "owner": OWNER, "region": region, "instance_ids": ["i-0123456789abcdef0"],
+            "cluster_id": cluster_id, "owner": OWNER, "region": region, "instance_ids": [instance_id],
             "instance_types": ["m7i.large"], "keepalive_seconds": keepalive, "hourly_usd": 0.1008})
         assert reply.status_code == 201, reply.text
 

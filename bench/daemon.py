@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,14 +18,13 @@ from bench.emulator import Emulator, clean_env
 OWNER = "bench@example.com"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+SERVING = re.compile(rb"serving (http://\S+?)/metrics")
+"""What `guard run` prints once it listens: with GUARD_LISTEN on port 0, the port the system picked."""
 
 
 class DaemonProcess:
-    """``with DaemonProcess(emulator, workdir) as daemon:`` ``guard run`` on a free loopback port, its first scan done.
+    """``with DaemonProcess(emulator, workdir) as daemon:`` ``guard run`` on a loopback port it picks (port 0; the
+    address read from what it prints), its first scan done.
 
     Scans every ``scan_interval`` (an hour by default: one scan at start, none during a measurement).
     ``rules``: the rules enabled (default: every rule, as shipped).
@@ -48,9 +47,8 @@ class DaemonProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         database = self.workdir / "guard.db"
         database.unlink(missing_ok=True)
-        port = _free_port()
         env = clean_env(**self.emulator.env, GUARD_DATABASE_URL=f"sqlite:///{database}",
-                        GUARD_LISTEN=f"127.0.0.1:{port}", GUARD_REGIONS=self.region,
+                        GUARD_LISTEN="127.0.0.1:0", GUARD_REGIONS=self.region,
                         GUARD_SCAN_INTERVAL=self.scan_interval, GUARD_API_TOKEN=self.admin_token,
                         GUARD_API_TOKENS=f"{OWNER}={self.owner_token}",
                         **{f"GUARD_RULES__{rule.upper().replace('-', '_')}__ENABLED": str(on).lower()
@@ -58,7 +56,6 @@ class DaemonProcess:
         with (self.workdir / "guard.log").open("wb") as log:
             self._process = subprocess.Popen([sys.executable, "-m", "guard", "run"], env=env, cwd=self.workdir,
                                              stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{port}"
         self._wait_first_scan()
         return self
 
@@ -86,8 +83,11 @@ class DaemonProcess:
             if self._process.poll() is not None:
                 raise RuntimeError(f"guard run exited with {self._process.returncode}; see "
                                    f"{self.workdir / 'guard.log'}")
+            if not self.url:
+                match = SERVING.search((self.workdir / "guard.log").read_bytes())
+                self.url = match.group(1).decode() if match else ""
             try:
-                if self.get("/v1/scans?limit=1"):
+                if self.url and self.get("/v1/scans?limit=1"):
                     return
             except httpx.HTTPError:
                 pass

@@ -152,10 +152,10 @@ def demo(
         _scan_all(daemon.scanner, regions)
         _show_demo_result(daemon.store, regions, truth, output)
         vms = VmRunner(server.endpoint_url, log_dir=workdir / "vms").start()
-        _write_sdk_env(sdk_env, server.env | {"VMGUARD_DAEMON_URL": f"http://{settings.listen}",
+        _write_sdk_env(sdk_env, server.env | {"VMGUARD_DAEMON_URL": daemon.url,
                                               "VMGUARD_TOKEN": owner_token, "VMGUARD_OWNER": getpass.getuser(),
                                               "VMGUARD_ENV_S3": create_env_location(server.endpoint_url)})
-        err.print(f"\nserving http://{settings.listen}/metrics and /v1/findings (token: {daemon.api_token}); "
+        err.print(f"\nserving {daemon.url}/metrics and /v1/findings (token: {daemon.api_token}); "
                   f"rescanning every {int(settings.scan_interval.total_seconds())}s — Ctrl-C stops\n"
                   f"SDK: `source {sdk_env}` in another shell, then launch clusters here (VM logs: {workdir / 'vms'})",
                   highlight=False, soft_wrap=True)
@@ -219,7 +219,8 @@ def run(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug loggi
         err.print(f"GUARD_API_TOKEN is not set; the API token ({made}, kept in the database, the same after a "
                   f"restart) is {daemon.api_token}")
     err.print(f"vmguard {settings.mode} mode: scanning {', '.join(settings.regions)} every "
-              f"{int(settings.scan_interval.total_seconds())}s; serving http://{settings.listen}/metrics")
+              f"{int(settings.scan_interval.total_seconds())}s; serving {daemon.url}/metrics",
+              highlight=False, soft_wrap=True)
     _describe_actions(settings)
     daemon.start_scheduler()
     daemon.serve()

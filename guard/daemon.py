@@ -46,6 +46,9 @@ class Daemon:
             self.api_token, self.token_generated = stored_admin_token(self.store)
         self.token_stored = settings.api_token is None
         """The admin token is the database's (GUARD_API_TOKEN is not set): the same across restarts."""
+        self._socket: socket.socket | None = None
+        """The HTTP server's listening socket, bound by :meth:`check_listen`."""
+        self._server: uvicorn.Server | None = None
         self._ready: set[str] = set()
         self._ready_lock = threading.Lock()
         self._failing: dict[str, frozenset[str]] = {}
@@ -151,36 +154,65 @@ class Daemon:
         self.scheduler.start()
 
     def check_listen(self) -> None:
-        """Fail now, with one line, if the listen address cannot be bound (rather than after the first scan)."""
+        """Bind the listen address now and keep the socket for :meth:`serve`: a bad or busy address fails with one
+        line before the first scan, and port 0 gets a free port from the system (see :attr:`listen_address`)."""
+        if self._socket is not None:
+            return
         host, port = self._host_port()
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            with socket.create_server((host, port), reuse_port=False):
-                pass
+            self._socket = socket.create_server((host, port), family=family, reuse_port=False)
         except OSError as exc:
             raise ConfigError(f"listen = {self.settings.listen!r}: cannot listen there: {exc.strerror or exc}; "
                               "pick a free host:port (GUARD_LISTEN)") from None
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        """(host, port) the HTTP server listens on — the port the system chose when the setting says port 0 (the
+        address is bound on first use, see :meth:`check_listen`)."""
+        self.check_listen()
+        assert self._socket is not None
+        return self._host_port()[0], self._socket.getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        """The HTTP server's base URL, e.g. ``http://127.0.0.1:9464``."""
+        host, port = self.listen_address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def _host_port(self) -> tuple[str, int]:
         host, _, port = self.settings.listen.rpartition(":")
         return host.strip("[]"), int(port)
 
     def serve(self) -> None:
-        """Run the HTTP server in this thread until SIGINT/SIGTERM, then stop the scheduler."""
-        host, port = self._host_port()
-        server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port,
-                                               log_level="warning", access_log=False))
+        """Run the HTTP server in this thread on the socket bound by :meth:`check_listen` until SIGINT/SIGTERM, then
+        stop the scheduler."""
+        self.check_listen()
+        sock = self._socket
+        assert sock is not None
+        host, port = self.listen_address
+        server = self._server = uvicorn.Server(uvicorn.Config(self.app, host=host, port=port,
+                                                              log_level="warning", access_log=False))
         # uvicorn re-raises the signal that stopped it; answering it here lets the scheduler and store close cleanly.
         previous = {}
         if threading.current_thread() is threading.main_thread():
             previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            server.run()
+            server.run(sockets=[sock])
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.shutdown()
 
+    def stop_serving(self) -> None:
+        """Ask :meth:`serve` (running in another thread) to return, as SIGTERM does."""
+        if self._server is not None:
+            self._server.should_exit = True
+
     def shutdown(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.lease.release()

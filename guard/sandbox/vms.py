@@ -99,25 +99,51 @@ def create_env_location(endpoint_url: str, region: str = "us-east-1") -> str:
     return f"s3://{ENV_BUCKET}/vmguard-envs/"
 
 
-def _bindable(ip: str, ports: tuple[int, ...]) -> bool:
-    for port in ports:
+CLAIM_PORT = 8785
+"""Every sandbox process claims a VM's loopback address by holding a socket bound (never listening) to this port on
+it: two processes (test workers, a demo) whose address ranges meet cannot hand out the same address, whose fixed
+ports (8786, 8787) their VM processes would then both try to listen on."""
+_claims: dict[str, socket.socket] = {}
+
+
+def _claim(ip: str, ports: tuple[int, ...]) -> socket.socket | None:
+    """The claim on ``ip`` if no other process holds one and ``ports`` are free there (taken by nothing else)."""
+    claim = socket.socket()
+    try:
+        claim.bind((ip, CLAIM_PORT))
+    except OSError:
+        claim.close()
+        return None
+    for port in ports:  # held by something that made no claim (a process of an earlier run, say)
         with socket.socket() as sock:
             try:
                 sock.bind((ip, port))
             except OSError:
-                return False
-    return True
+                claim.close()
+                return None
+    return claim
 
 
 def allocate_address(ports: tuple[int, ...] = ()) -> str:
-    """A loopback address not handed out before in this process, on which ``ports`` are free."""
+    """A loopback address not handed out before in this process nor claimed by another, on which ``ports`` are free;
+    claimed for this process until :func:`release_address`."""
     with _address_lock:
         while True:
             number = next(_next_address)
             second, rest = divmod(number, 254 * 256)
             ip = f"127.{_FIRST_OCTET + second}.{rest // 254}.{1 + rest % 254}"
-            if _bindable(ip, ports):
+            claim = _claim(ip, ports)
+            if claim is not None:
+                _claims[ip] = claim
                 return ip
+
+
+def release_address(ip: str) -> None:
+    """Give up the claim on ``ip`` (its VM process has ended); this process never hands it out again."""
+    with _address_lock:
+        claim = _claims.pop(ip, None)
+    if claim is not None:
+        claim.close()
 
 
 @dataclass(frozen=True)
@@ -320,6 +346,7 @@ class VmRunner:
             except subprocess.TimeoutExpired:
                 vm.process.kill()
                 vm.process.wait()
+            release_address(vm.ip)
 
     def processes(self) -> dict[str, VmProcess]:
         """Every VM process started so far, by instance id (ended ones too, with ``alive`` false)."""
@@ -536,6 +563,7 @@ class VmRunner:
         now = time.monotonic()
         for vm in list(self._vms.values()):
             if vm.terminated and vm.process.poll() is not None:
+                release_address(vm.ip)
                 continue
             found = instances.get(vm.instance_id)
             live = found is not None and found[1].state in _LIVE_STATES

@@ -19,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from listening import daemon_url
+from polling import wait_for
 
 from guard.aws import Aws
 from guard.engine import Scanner
@@ -80,10 +82,13 @@ def make_scanner(registry: Registry, make_settings) -> Callable[..., Scanner]:
 
 
 @pytest.fixture
-def free_port() -> int:
+def refusing_socket() -> Iterator[socket.socket]:
+    """A loopback TCP socket bound to a port the system picked but not listening, held for the test: a connection to
+    its address is refused, and no other process can start listening there meanwhile (a test may later listen on
+    it itself, to bring a "down" endpoint up on the same address)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        yield sock
 
 
 # -- the daemon ------------------------------------------------------------------------------------------------------
@@ -99,11 +104,10 @@ def no_guard_environment() -> Iterator[None]:
 
 @contextmanager
 def _served(app: Any) -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    sock = socket.create_server(("127.0.0.1", 0))  # bound here and handed to uvicorn: the port stays ours
+    port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
     while not server.started:
@@ -114,6 +118,7 @@ def _served(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
+        sock.close()
 
 
 @pytest.fixture(scope="session")
@@ -124,32 +129,26 @@ def serve() -> Callable[[Any], AbstractContextManager[str]]:
 
 
 @pytest.fixture
-def guard_run(sandbox: SandboxServer, tmp_path: Path, free_port: int) -> Iterator[Callable[..., str]]:
+def guard_run(sandbox: SandboxServer, tmp_path: Path) -> Iterator[Callable[..., str]]:
     """``guard_run(GUARD_API_TOKEN=…, …)``: `guard run` as a real process against the sandbox, with a SQLite file in
-    the test's directory, listening on a free port; its base URL once /healthz answers. Stopped with SIGTERM after
-    the test, it must exit 0 without a traceback in its log (``guard.log`` in the test's directory)."""
+    the test's directory, listening on a port the system picks (``GUARD_LISTEN=127.0.0.1:0``); the base URL it
+    reports once /healthz answers. Stopped with SIGTERM after the test, it must exit 0 without a traceback in its
+    log (``guard.log`` in the test's directory)."""
     log = tmp_path / "guard.log"
     started: list[subprocess.Popen] = []
 
     def start(**environment: str) -> str:
         assert not started, "one daemon per test"
         env = os.environ | sandbox.env | {"GUARD_DATABASE_URL": f"sqlite:///{tmp_path / 'guard.db'}",
-                                          "GUARD_LISTEN": f"127.0.0.1:{free_port}"} | environment
+                                          "GUARD_LISTEN": "127.0.0.1:0"} | environment
         env.pop("GUARD_CONFIG", None)
         with log.open("w") as out:
-            started.append(subprocess.Popen([sys.executable, "-m", "guard", "run"], env=env, stdout=out, stderr=out,
-                                            cwd=tmp_path))
-        url = f"http://127.0.0.1:{free_port}"
-        deadline = time.monotonic() + 30
-        last: object = None
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    return url
-            except httpx.HTTPError as exc:
-                last = exc
-            time.sleep(0.25)
-        raise AssertionError(f"timed out after 30s waiting for the daemon's /healthz (last: {last!r})")
+            process = subprocess.Popen([sys.executable, "-m", "guard", "run"], env=env, stdout=out, stderr=out,
+                                       cwd=tmp_path)
+        started.append(process)
+        url = daemon_url(log, process, timeout=30)
+        wait_for(lambda: httpx.get(f"{url}/healthz").status_code == 200, 30, "the daemon's /healthz")
+        return url
 
     yield start
     for process in started:

@@ -22,7 +22,6 @@ import json
 import os
 import random
 import signal
-import socket
 import sqlite3
 import time
 import urllib.request
@@ -35,6 +34,7 @@ from pathlib import Path
 import pytest
 from crash_account import ACCOUNT_ID, REGION, RETENTION_DAYS, CrashAccount, seed_crash_account
 from crash_daemon import DaemonProcess, Launcher, console_script
+from listening import DAEMON_LINE, found_in
 
 from guard.actions.executors import KEY_TAG
 from guard.sandbox import SandboxServer, sandbox_client
@@ -77,12 +77,6 @@ def hold(request: ServedRequest) -> float:
     return CHANGE_LATENCY if request.mutating else OBSERVE_LATENCY if observing(request) else 0.0
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def daemon_env(sandbox: SandboxServer, database: Path) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith("GUARD_")} | sandbox.env | {
         "GUARD_MODE": "enforce",
@@ -93,7 +87,7 @@ def daemon_env(sandbox: SandboxServer, database: Path) -> dict[str, str]:
         "GUARD_MAX_ACTIONS_PER_CYCLE": "100",
         "GUARD_MAX_ACTIONS_PER_HOUR": "1000",
         "GUARD_DATABASE_URL": f"sqlite:///{database}",
-        "GUARD_LISTEN": f"127.0.0.1:{free_port()}",
+        "GUARD_LISTEN": "127.0.0.1:0",  # the port it picks is read from its log
         "GUARD_API_TOKEN": "crash-test-token-0123456789",
         "GUARD_LEASE_TTL": "1s",  # a restart after SIGKILL waits for the killed process's lease to expire
     }
@@ -132,9 +126,13 @@ def settled(rows: list[dict], expected: set[tuple[str, str]]) -> bool:
     return done(rows, expected) or any(row["status"] in FINAL_NOT_DONE for row in rows)
 
 
-def ready(listen: str) -> bool:
+def ready(log: Path, since: int) -> bool:
+    """The daemon that started writing ``log`` at byte ``since`` serves, and has scanned every region."""
+    url = found_in(log, DAEMON_LINE, since)
+    if url is None:
+        return False
     try:
-        with urllib.request.urlopen(f"http://{listen}/readyz", timeout=5) as response:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
             return response.status == 200
     except OSError:  # not listening yet, or 503 until a scan of every region finished
         return False
@@ -348,11 +346,11 @@ def one_run(run: int, seed: int, start, sandbox: SandboxServer, directory: Path)
     landing = Landing(run, seed, plan, Counter(row["status"] for row in rows))
     classify(landing, rows, sandbox.requests())
 
-    env = daemon_env(sandbox, database)
-    restarted = start(env, directory, log)
+    since = log.stat().st_size  # the restarted daemon appends to the same log
+    restarted = start(daemon_env(sandbox, database), directory, log)
     try:
         # a scan of the restarted daemon has finished (so it looked at what the killed one left), and all is done
-        wait_for(lambda: ready(env["GUARD_LISTEN"]) and settled(action_rows(database), expected), restarted, 60,
+        wait_for(lambda: ready(log, since) and settled(action_rows(database), expected), restarted, 60,
                  f"{name}: a scan after the restart, and every action done", log, poll=0.05)
         restarted.signal(signal.SIGTERM)
         code = restarted.wait(timeout=30)

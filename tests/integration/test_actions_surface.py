@@ -9,6 +9,7 @@ import json
 import os
 import queue
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -350,9 +351,9 @@ def test_metrics_count_each_decision_once_and_match_the_audit_trail(account: Gro
 
 class Receiver:
     """A real webhook endpoint on loopback: answers the statuses queued with ``fail_next`` (then 200), keeps what
-    it was sent."""
+    it was sent. On a port the system picks, or on ``sock`` (bound, not yet listening) when given."""
 
-    def __init__(self, port: int = 0):
+    def __init__(self, sock: socket.socket | None = None):
         self.attempts: list[tuple[int, dict]] = []
         self._replies: queue.SimpleQueue[int] = queue.SimpleQueue()
         receiver = self
@@ -373,7 +374,14 @@ class Receiver:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        if sock is None:
+            self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        else:  # the socket is taken over (and closed with the server): listening on it brings the address up
+            self.server = http.server.ThreadingHTTPServer(sock.getsockname(), Handler, bind_and_activate=False)
+            self.server.socket.close()
+            self.server.socket = sock
+            self.server.server_address = sock.getsockname()
+            self.server.server_activate()
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = webhook_url(self.server.server_address[1])
 
@@ -508,13 +516,14 @@ def test_only_the_findings_a_message_lists_count_as_announced(
 
 
 def test_an_action_waits_until_its_finding_was_announced(sandbox: SandboxServer, make_settings, registry: Registry,
-                                                         free_port: int) -> None:
+                                                         refusing_socket: socket.socket) -> None:
     sandbox.reset()  # an account holding only two unattached addresses
     ec2 = sandbox_client(sandbox.endpoint_url, "ec2", REGION)
     eips = sorted(ec2.allocate_address(Domain="vpc", TagSpecifications=[{
         "ResourceType": "elastic-ip", "Tags": [{"Key": "owner", "Value": owner}]}])["AllocationId"]
         for owner in ("ana", "ben"))
-    daemon = Daemon(make_settings(mode="enforce", regions=[REGION], webhook_url=webhook_url(free_port),
+    down = webhook_url(refusing_socket.getsockname()[1])
+    daemon = Daemon(make_settings(mode="enforce", regions=[REGION], webhook_url=down,
                                   rules={"unattached-eips": ACTIONS["unattached-eips"]}, **GATES), registry)
     daemon.notifier.backoff = 0.01  # nothing listens on the webhook's port yet: give up on each message quickly
     audit = daemon.scanner.actuator.audit
@@ -531,7 +540,7 @@ def test_an_action_waits_until_its_finding_was_announced(sandbox: SandboxServer,
             assert all(f.notified_at is None for f in eip_findings())
             assert audit.actions() == [] and mutations(daemon.aws) == Counter()
 
-        receiver = Receiver(free_port)
+        receiver = Receiver(refusing_socket)  # the webhook comes up on the same address
         report = daemon.scanner.scan(REGION)  # decided before this scan's announcement is delivered: still waits
         settle()
         assert report.actions.executed == [] and audit.actions() == []

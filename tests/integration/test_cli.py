@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from listening import daemon_url
 
 from guard.rule import discover_rules
 from guard.sandbox import GroundTruth, SandboxServer
@@ -45,6 +47,18 @@ def test_check_config_rejects_bad_values_with_one_line(tmp_path: Path, env, toml
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert key in lines[0] and value in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_run_on_a_busy_address_fails_with_one_line(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:  # held (and listening) for the whole test
+        listen = f"127.0.0.1:{busy.getsockname()[1]}"
+        result = guard("run", cwd=tmp_path, timeout=60, env={"GUARD_LISTEN": listen, "GUARD_REGIONS": "us-east-1",
+                                                             "GUARD_DATABASE_URL": f"sqlite:///{tmp_path / 'g.db'}"})
+    assert result.returncode == 2, result
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]), result.stderr
+    assert listen in errors[0] and "Address already in use" in errors[0] and "GUARD_LISTEN" in errors[0]
     assert "Traceback" not in result.stderr + result.stdout
 
 
@@ -122,23 +136,19 @@ PY
 """
 
 
-def test_demo_writes_the_sdk_environment_while_it_serves_and_removes_it_on_ctrl_c(tmp_path: Path,
-                                                                                  free_port: int) -> None:
-    env_file = tmp_path / "sandbox.env"
+def test_demo_writes_the_sdk_environment_while_it_serves_and_removes_it_on_ctrl_c(tmp_path: Path) -> None:
+    env_file, log = tmp_path / "sandbox.env", tmp_path / "demo.log"
     base = {k: v for k, v in os.environ.items() if not k.startswith(("GUARD_", "AWS_", "VMGUARD_"))}
-    demo = subprocess.Popen([sys.executable, "-m", "guard", "demo", "--listen", f"127.0.0.1:{free_port}",
-                             "--sdk-env", str(env_file)], env=base, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    with log.open("w") as out:  # port 0: the system picks a free port and the demo prints it
+        demo = subprocess.Popen([sys.executable, "-m", "guard", "demo", "--listen", "127.0.0.1:0",
+                                 "--sdk-env", str(env_file)], env=base, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=out)
     try:
-        deadline = time.monotonic() + 180
-        while not env_file.exists():
-            assert demo.poll() is None, demo.stderr.read()
-            assert time.monotonic() < deadline, "guard demo wrote no SDK environment"
-            time.sleep(0.5)
-        time.sleep(0.5)  # written whole right after it was created
+        url = daemon_url(log, demo, timeout=180)
+        assert re.fullmatch(r"http://127\.0\.0\.1:[1-9]\d*", url), url
         assert env_file.stat().st_mode & 0o777 == 0o600  # it holds an API token
-        text = env_file.read_text()
-        assert f"export VMGUARD_DAEMON_URL=http://127.0.0.1:{free_port}\n" in text
+        text = env_file.read_text()  # written whole before the demo prints where it serves
+        assert f"export VMGUARD_DAEMON_URL={url}\n" in text
         assert "export VMGUARD_ENV_S3=s3://vmguard-sandbox-envs/vmguard-envs/\n" in text
         checked = subprocess.run(["bash", "-c", SDK_ENV_CHECK, "check", str(env_file), sys.executable], env=base,
                                  cwd=tmp_path, capture_output=True, text=True, timeout=60)

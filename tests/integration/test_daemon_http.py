@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from listening import prometheus_url
 from polling import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -83,23 +84,20 @@ def test_real_prometheus_scrapes_the_daemon(daemon: str, team_account: GroundTru
     if binary is None:
         pytest.fail("the prometheus server is not installed: `make test` installs Debian's prometheus package")
     wait_for(lambda: httpx.get(f"{daemon}/readyz").status_code == 200, 60, "/readyz")
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        prom_port = sock.getsockname()[1]
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n"
         "scrape_configs:\n  - job_name: vmguard\n"
         f"    static_configs:\n      - targets: ['{daemon.removeprefix('http://')}']\n"
     )
-    prom = subprocess.Popen(
-        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{prom_port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    api = f"http://127.0.0.1:{prom_port}/api/v1/query"
+    with (tmp_path / "prometheus.log").open("w") as log:
+        prom = subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             "--web.listen-address=127.0.0.1:0"],  # the port it reports in its log, read below
+            stdout=log, stderr=log)
     try:
+        api = f"{prometheus_url(tmp_path / 'prometheus.log', prom)}/api/v1/query"
+
         def query(expr: str) -> list:
             reply = httpx.get(api, params={"query": expr}).json()
             assert reply["status"] == "success", reply

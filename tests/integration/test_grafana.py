@@ -8,9 +8,9 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from listening import daemon_url, prometheus_url
 from polling import wait_for
+
+from guard.sandbox import sandbox_client
+from guard.sandbox.images import image_for
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "grafana"
@@ -48,12 +52,6 @@ def tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed: `make test` installs it (Debian: prometheus, prometheus-alertmanager)")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def substitute(expr: str, values: dict[str, str]) -> str:
@@ -150,19 +148,19 @@ def alive(process: subprocess.Popen, log: Path) -> bool:
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[str]:
-    """`guard demo --listen` as a user runs it: its own seeded sandbox account, the daemon serving /metrics."""
-    port = free_port()
+    """`guard demo --listen` as a user runs it: its own seeded sandbox account, the daemon serving /metrics (on a
+    port the system picks, read from what the demo prints)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith(("GUARD_", "AWS_"))} | {
         "GUARD_API_TOKEN": TOKEN,
         "GUARD_SCAN_INTERVAL": "5s",  # scans during the test, so rates and the duration histogram move
         "GUARD_KEEPALIVE_CHECK_INTERVAL": "1s",
     }
     log = (tmp_path / "demo.log").open("w")
-    process = subprocess.Popen([sys.executable, "-m", "guard", "demo", "--listen", f"127.0.0.1:{port}",
+    process = subprocess.Popen([sys.executable, "-m", "guard", "demo", "--listen", "127.0.0.1:0",
                                 "--sdk-env", str(tmp_path / "sdk.env")],
                                env=env, stdout=log, stderr=log, cwd=tmp_path)
-    url = f"http://127.0.0.1:{port}"
     try:
+        url = daemon_url(tmp_path / "demo.log", process)
         wait_for(lambda: alive(process, tmp_path / "demo.log") and httpx.get(f"{url}/readyz").status_code == 200,
                  120, f"guard demo to serve {url}/readyz")
         yield url
@@ -189,13 +187,12 @@ def prometheus(demo: str, tmp_path: Path) -> Iterator[str]:
     job.update(scrape_interval="1s", scrape_timeout="1s",
                static_configs=[{"targets": [demo.removeprefix("http://")]}])
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
     log = (tmp_path / "prometheus.log").open("w")
     process = subprocess.Popen([tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
-                                f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                f"--storage.tsdb.path={tmp_path / 'tsdb'}", "--web.listen-address=127.0.0.1:0"],
                                stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
     try:
+        url = prometheus_url(tmp_path / "prometheus.log", process)
         wait_for(lambda: alive(process, tmp_path / "prometheus.log") and httpx.get(f"{url}/-/ready").status_code == 200,
                  60, "Prometheus to be ready")
         yield url
@@ -216,13 +213,26 @@ def has_data(result: list[dict]) -> bool:
     return any(math.isfinite(float(sample["value"][1])) for sample in result)
 
 
+def launched(tmp_path: Path, region: str, cluster_id: str) -> str:
+    """An instance in the demo's sandbox account, tagged as the SDK tags it for ``OWNER`` (the daemon checks a
+    registration against EC2); the account's endpoint is read from the SDK environment the demo wrote."""
+    env = dict(word.removeprefix("export ").split("=", 1) for word in shlex.split(
+        (tmp_path / "sdk.env").read_text(), comments=True) if word != "export")
+    tags = {"owner": OWNER, "guard:managed": "true", "vmguard:cluster": cluster_id}
+    reply = sandbox_client(env["AWS_ENDPOINT_URL"], "ec2", region).run_instances(
+        ImageId=image_for("m7i.large"), InstanceType="m7i.large", MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}])
+    return reply["Instances"][0]["InstanceId"]
+
+
 def test_every_dashboard_and_rule_query_runs_on_a_real_prometheus_scraping_the_demo(
-        demo: str, prometheus: str) -> None:
+        demo: str, prometheus: str, tmp_path: Path) -> None:
     auth = {"Authorization": f"Bearer {TOKEN}"}
     # A cluster that heartbeats (cost, heartbeats, time left) and one whose keepalive runs out (an action).
     for cluster_id, region, keepalive in ((LIVE_CLUSTER, "us-east-1", 3600), (EXPIRING_CLUSTER, "us-west-2", 10)):
+        instance_id = launched(tmp_path, region, cluster_id)
         reply = httpx.post(f"{demo}/v1/clusters", headers=auth, json={
-            "cluster_id": cluster_id, "owner": OWNER, "region": region, "instance_ids": ["i-0123456789abcdef0"],
+            "cluster_id": cluster_id, "owner": OWNER, "region": region, "instance_ids": [instance_id],
             "instance_types": ["m7i.large"], "keepalive_seconds": keepalive, "hourly_usd": 0.1008})
         assert reply.status_code == 201, reply.text
 

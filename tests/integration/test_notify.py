@@ -294,10 +294,8 @@ def test_a_timeout_then_success_is_delivered(receiver: Receiver) -> None:
     assert delivery == Delivery(delivered=True, attempts=2, status=200, error=None)
 
 
-def test_connection_refused_returns_a_failed_delivery() -> None:
-    with socket.socket() as sock:  # a port that was just free and now has nobody listening
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def test_connection_refused_returns_a_failed_delivery(refusing_socket: socket.socket) -> None:
+    port = refusing_socket.getsockname()[1]  # bound, nobody listening, held for the test
 
     started = time.monotonic()
     delivery = Notifier(f"http://127.0.0.1:{port}/services/T/B/{HOOK_TOKEN}", retries=2, **FAST).failures(

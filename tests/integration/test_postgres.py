@@ -1,4 +1,4 @@
-"""The store on a real PostgreSQL server (Debian's postgresql, started for the test on loopback)."""
+"""The store on a real PostgreSQL server (Debian's postgresql, started for the test on a Unix socket)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -41,15 +40,12 @@ def postgres_url() -> Iterator[str]:
         user = pwd.getpwnam("postgres")
         shutil.chown(data, user.pw_uid, user.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data), "--auth=trust", "-U", "guard"],
                    check=True, capture_output=True)
     subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"),
-                    "-o", f"-h 127.0.0.1 -p {port} -k {data}", "start"], check=True, capture_output=True)
-    try:
-        yield f"postgresql://guard@127.0.0.1:{port}/postgres"
+                    "-o", f"-c listen_addresses='' -k {data}", "start"], check=True, capture_output=True)
+    try:  # no TCP port to pick (or lose to another process): only the Unix socket in the data directory
+        yield f"postgresql://guard@/postgres?host={data}"
     finally:
         subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
                        capture_output=True)

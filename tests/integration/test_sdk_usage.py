@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import socket
 import subprocess
 import sys
 import textwrap
@@ -162,41 +161,40 @@ def test_the_agent_counts_exactly_the_log_it_writes_by_level(log_level: str) -> 
 
 # -- gathering from a real cluster ------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+SERVING = re.compile(r"scheduler of cluster \S+ serving at (tcp://\S+)")
+"""The scheduler agent's line once it listens (on port 0: the port the system picked)."""
 
 
-def _config(role: str, port: int) -> dict:
-    return {"role": role, "cluster_id": "vmg-usage01", "scheduler_port": port, "dashboard_port": None,
+def _config(role: str) -> dict:
+    return {"role": role, "cluster_id": "vmg-usage01", "scheduler_port": 0, "dashboard_port": None,
             "keepalive_seconds": 120, "log_level": "INFO", "nthreads": 2, "memory_limit": "auto"}
+
+
+def _serving_at(process: subprocess.Popen, log: Path, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while not (match := SERVING.search(log.read_text())):
+        assert process.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+    return match.group(1)
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Client]:
     """A scheduler and one worker, each a real on-VM agent process on loopback; a client connected to them."""
-    port = _free_port()
     processes: list[subprocess.Popen] = []
     logs = [tmp_path / "scheduler.log", tmp_path / "worker.log"]
+    address = ""
     for role, log in zip(("scheduler", "worker"), logs, strict=True):
-        command = [sys.executable, "-m", "sdk.vm", "--config", json.dumps(_config(role, port)), "--host", HOST]
+        command = [sys.executable, "-m", "sdk.vm", "--config", json.dumps(_config(role)), "--host", HOST]
         if role == "worker":
-            command += ["--scheduler", f"{HOST}:{port}"]
+            command += ["--scheduler", address]
         with log.open("w") as out:
             processes.append(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT))
         if role == "scheduler":
-            deadline = time.monotonic() + 30
-            while True:
-                assert processes[0].poll() is None, logs[0].read_text()
-                try:
-                    socket.create_connection((HOST, port), timeout=0.2).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline, logs[0].read_text()
-                    time.sleep(0.05)
+            address = _serving_at(processes[0], log)
     try:
-        with Client(f"tcp://{HOST}:{port}", timeout=15) as client:
+        with Client(address, timeout=15) as client:
             client.wait_for_workers(1, timeout=30)
             yield client
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -20,21 +21,28 @@ from sdk.vm import EXIT_NOT_STARTED, EXIT_OK, EXIT_USAGE, ConfigError, VmConfig,
 HOST = "127.0.0.1"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
+SERVING = re.compile(r"scheduler of cluster \S+ serving at tcp://(\S+)")
+"""The line the scheduler agent logs once it listens: on port 0 the system picks its port, read from here."""
 
 
 def _config(role: str = "scheduler", **overrides) -> dict:
-    return {"role": role, "cluster_id": "vmg-unit01", "scheduler_port": _free_port(), "dashboard_port": None,
+    return {"role": role, "cluster_id": "vmg-unit01", "scheduler_port": 0, "dashboard_port": None,
             "keepalive_seconds": 60, "idle_timeout_seconds": None, "max_lifetime_seconds": None,
             "log_level": "INFO", "nthreads": 2, "memory_limit": "auto"} | overrides
 
 
+@pytest.fixture
+def refusing_address() -> Iterator[str]:
+    """host:port of a socket bound but not listening, held for the test: no scheduler is (or can start) there."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        yield f"{HOST}:{sock.getsockname()[1]}"
+
+
 class Agent:
-    def __init__(self, process: subprocess.Popen, log: Path, address: str) -> None:
-        self.process, self.log, self.address = process, log, address
+    def __init__(self, process: subprocess.Popen, log: Path) -> None:
+        self.process, self.log = process, log
+        self._address: str | None = None
 
     def wait(self, timeout: float) -> int:
         try:
@@ -42,18 +50,23 @@ class Agent:
         except subprocess.TimeoutExpired:
             pytest.fail(f"the agent did not exit within {timeout}s; its log:\n{self.log.read_text()}")
 
+    @property
+    def address(self) -> str:
+        """host:port the scheduler listens on (after :meth:`wait_listening`)."""
+        assert self._address is not None, "wait_listening() first"
+        return self._address
+
     def wait_listening(self, timeout: float = 20) -> None:
-        host, port = self.address.rsplit(":", 1)
+        """Until the scheduler logs the address it serves at (it listens from then on)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if match := SERVING.search(self.log.read_text()):
+                self._address = match.group(1)
+                return
             if self.process.poll() is not None:
                 pytest.fail(f"the agent exited with {self.process.returncode}:\n{self.log.read_text()}")
-            try:
-                socket.create_connection((host, int(port)), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        pytest.fail(f"the agent did not listen on {self.address} within {timeout}s:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        pytest.fail(f"the agent did not report listening within {timeout}s:\n{self.log.read_text()}")
 
 
 @pytest.fixture
@@ -67,7 +80,7 @@ def start_agent(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
             command += ["--scheduler", scheduler]
         with log.open("w") as out:
             process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        agent = Agent(process, log, f"{HOST}:{config['scheduler_port']}")
+        agent = Agent(process, log)
         agents.append(agent)
         return agent
 
@@ -138,8 +151,8 @@ def test_a_worker_exits_when_its_scheduler_dies(start_agent) -> None:
     assert worker.wait(timeout=15) == EXIT_OK
 
 
-def test_a_worker_that_finds_no_scheduler_gives_up(start_agent) -> None:
-    worker = start_agent(_config("worker", scheduler_wait_seconds=2), scheduler=f"{HOST}:{_free_port()}")
+def test_a_worker_that_finds_no_scheduler_gives_up(start_agent, refusing_address: str) -> None:
+    worker = start_agent(_config("worker", scheduler_wait_seconds=2), scheduler=refusing_address)
     assert worker.wait(timeout=20) == EXIT_NOT_STARTED
 
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Float, Integer, String, Text, func, select, update
+from sqlalchemy import JSON, Float, Index, Integer, String, Text, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
-from guard.store import Base, Store, UTCDateTime
+from guard.store import Base, Store, UTCDateTime, add_missing_indexes
 
 PLANNED = "would-do"
 APPROVED = "approved"
@@ -44,6 +44,9 @@ def idempotency_key(account_id: str, region: str, action: str, resource_id: str,
 
 class ActionRow(Base):
     __tablename__ = "actions"
+    __table_args__ = (Index("ix_actions_resource", "account_id", "region", "resource_id"),
+                      Index("ix_actions_status_finished", "status", "finished_at"),
+                      Index("ix_actions_finding", "finding_id"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     key: Mapped[str] = mapped_column(String(64), unique=True)
@@ -119,6 +122,7 @@ class AuditLog:
     def __init__(self, store: Store):
         self.store = store
         Base.metadata.create_all(store.engine, tables=[ActionRow.__table__])
+        add_missing_indexes(store.engine, tables=[ActionRow.__table__])
 
     def record(self, intent: Intent, status: str, mode: str, now: datetime,
                approved_by: str | None = None) -> ActionRow | None:

@@ -140,8 +140,20 @@ class Daemon:
                     threading.Thread(target=send, args=(items,), name="notify", daemon=True).start()
         return report
 
+    def prune(self, now: datetime | None = None):
+        """The retention job (at startup, then daily): delete history older than ``settings.retention``."""
+        try:
+            pruned = self.store.prune(now or datetime.now(timezone.utc), self.settings.retention)
+        except Exception:  # tomorrow's run tries again; a failed prune never stops the daemon
+            log.exception("pruning old history failed")
+            return None
+        log.info("pruned %d scans, %d resolved findings, %d finished actions past retention",
+                 pruned.scans, pruned.findings, pruned.actions)
+        return pruned
+
     def start_scheduler(self, first_scan_now: bool = True) -> None:
-        """One job per region and the keepalive job: never overlapping themselves, missed runs coalesced into one."""
+        """One job per region, the keepalive job and the daily prune: never overlapping themselves, missed runs
+        coalesced into one."""
         interval = self.settings.scan_interval
         now = datetime.now(timezone.utc)
         first = now + (timedelta(0) if first_scan_now else interval)
@@ -151,6 +163,8 @@ class Daemon:
         every = self.settings.keepalive_check_interval.total_seconds()
         self.scheduler.add_job(self.check_keepalive, "interval", id="keepalive", name="keepalive check",
                                seconds=every, next_run_time=now, misfire_grace_time=int(max(every, 1)))
+        self.scheduler.add_job(self.prune, "interval", id="prune", name="prune history past retention",
+                               hours=24, next_run_time=now, misfire_grace_time=3600)
         self.scheduler.start()
 
     def check_listen(self) -> None:

@@ -14,7 +14,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -31,6 +40,25 @@ _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
 _OWNER = re.compile(r"[A-Za-z0-9._@+\-]{1,256}")
 SECRET_SETTINGS = frozenset({"api_token", "api_tokens", "webhook_url"})
 """Settings whose value is never printed, in check-config nor in an error message."""
+
+
+class Retention(BaseModel):
+    """How long the database keeps history (``[retention]``, ``GUARD_RETENTION__SCANS=…``); pruned daily."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scans: Duration = Field(timedelta(days=14), description="scan records older than this are deleted")
+    findings: Duration = Field(timedelta(days=180), description="resolved findings older than this are deleted")
+    actions: Duration = Field(timedelta(days=180), description=(
+        "finished actions (done, failed, skipped, cancelled) older than this are deleted; never the audit trail of "
+        "a resource that still has an open action"))
+
+    @field_validator("scans", "findings", "actions")
+    @classmethod
+    def _at_least_an_hour(cls, value: timedelta) -> timedelta:
+        if value < timedelta(hours=1):
+            raise ValueError("expected at least 1 hour, e.g. '14 days'")
+        return value
 
 
 class ConfigError(Exception):
@@ -97,6 +125,8 @@ class Settings(BaseSettings):
         "how often registered clusters' keepalives are checked"))
     lease_ttl: Duration = Field(timedelta(seconds=30), description=(
         "one process per database acts (the lease holder); another takes over this long after the holder is gone"))
+    retention: Retention = Field(default_factory=Retention, description=(
+        "[retention] scans / findings / actions: how long history is kept"))
     rules: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-rule sections [rules.<id>]")
 
     _rule_configs: dict[str, RuleConfig] = PrivateAttr(default_factory=dict)

@@ -20,10 +20,14 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    and_,
     create_engine,
+    delete,
     event,
+    exists,
     func,
     inspect,
+    or_,
     select,
     text,
     update,
@@ -58,7 +62,8 @@ class Base(DeclarativeBase):
 
 class FindingRow(Base):
     __tablename__ = "findings"
-    __table_args__ = (Index("ix_findings_open", "state", "account_id", "region", "rule", "resource_id"),)
+    __table_args__ = (Index("ix_findings_open", "state", "account_id", "region", "rule", "resource_id"),
+                      Index("ix_findings_resolved", "state", "resolved_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     rule: Mapped[str] = mapped_column(String(64))
@@ -105,6 +110,13 @@ class FindingRow(Base):
 
 class ScanRow(Base):
     __tablename__ = "scans"
+    __table_args__ = (
+        Index("ix_scans_latest", "region", "status", "id"),
+        Index("ix_scans_priced", "region", "status", "id",
+              sqlite_where=text("running_hourly_usd IS NOT NULL"),
+              postgresql_where=text("running_hourly_usd IS NOT NULL")),
+        Index("ix_scans_finished_at", "finished_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     account_id: Mapped[str] = mapped_column(String(32))
@@ -167,6 +179,21 @@ def scope_of(settings) -> Scope:
     return Scope(rules=tuple(settings.enabled_rules()), regions=tuple(settings.regions))
 
 
+PRUNE_BATCH = 5000
+OPEN_ACTIONS = ("would-do", "approved", "pending", "in-progress")
+"""Action statuses whose resource keeps its whole audit trail (see guard.audit)."""
+FINISHED_ACTIONS = ("done", "failed", "skipped", "cancelled")
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """Rows deleted by one :meth:`Store.prune`."""
+
+    scans: int = 0
+    findings: int = 0
+    actions: int = 0
+
+
 class Store:
     """All reads and writes of findings and scans."""
 
@@ -177,6 +204,7 @@ class Store:
             self.engine = _make_engine(url)
             Base.metadata.create_all(self.engine)
             _add_missing_columns(self.engine)
+            add_missing_indexes(self.engine)
         except ModuleNotFoundError as exc:
             raise StoreError(f"database_url needs the {exc.name} driver, which is not installed: "
                              f"pip install {exc.name}") from None
@@ -320,6 +348,71 @@ class Store:
             return [tuple(row) for row in session.execute(query).all()]
 
 
+    def prune(self, now: datetime, retention, batch: int = PRUNE_BATCH) -> Pruned:
+        """Delete what is older than ``retention`` (``.scans``, ``.findings``, ``.actions`` durations), in batches of
+        ``batch`` rows per transaction so a first prune of a big database never holds the write lock for long.
+
+        Scans finished before ``now - retention.scans`` go, except each region's newest scan (what /metrics shows).
+        Resolved findings resolved before ``now - retention.findings`` and finished actions (done, failed, skipped,
+        cancelled) finished before ``now - retention.actions`` go, unless their resource still has an open action
+        (would-do, approved, pending, in-progress) or a done action with a follow-up still to decide: that resource's
+        audit trail is kept whole. Never prunes across the scope: every region and rule of the database counts.
+        """
+        scans = self._prune_batches(self._old_scans(now - retention.scans), ScanRow.__table__, batch)
+        actions_table = Base.metadata.tables.get("actions")
+        findings = actions = 0
+        if actions_table is not None and inspect(self.engine).has_table("actions"):
+            kept = _kept_resources(actions_table)
+            old_actions = (select(actions_table.c.id)
+                           .where(actions_table.c.status.in_(FINISHED_ACTIONS),
+                                  func.coalesce(actions_table.c.finished_at, actions_table.c.planned_at,
+                                                type_=UTCDateTime())
+                                  < now - retention.actions,
+                                  actions_table.c.follow_up.is_(None),
+                                  ~_resource_in(actions_table, kept)))
+            actions = self._prune_batches(old_actions, actions_table, batch)
+            open_findings = select(actions_table.c.finding_id).where(
+                actions_table.c.status.in_(OPEN_ACTIONS + ("done",)), actions_table.c.finding_id.is_not(None))
+            old_findings = (select(FindingRow.id)
+                            .where(FindingRow.state == "resolved",
+                                   FindingRow.resolved_at < now - retention.findings,
+                                   FindingRow.id.not_in(open_findings),
+                                   ~_resource_in(FindingRow.__table__, kept)))
+        else:
+            old_findings = select(FindingRow.id).where(FindingRow.state == "resolved",
+                                                       FindingRow.resolved_at < now - retention.findings)
+        findings = self._prune_batches(old_findings, FindingRow.__table__, batch)
+        return Pruned(scans=scans, findings=findings, actions=actions)
+
+    def _old_scans(self, cutoff: datetime):
+        newest = select(func.max(ScanRow.id)).group_by(ScanRow.region)
+        return select(ScanRow.id).where(ScanRow.finished_at < cutoff, ScanRow.id.not_in(newest))
+
+    def _prune_batches(self, ids_query, table, batch: int) -> int:
+        total = 0
+        while True:
+            with self.engine.begin() as connection:
+                ids = list(connection.scalars(ids_query.order_by(table.c.id).limit(batch)).all())
+                if not ids:
+                    return total
+                connection.execute(delete(table).where(table.c.id.in_(ids)))
+            total += len(ids)
+            if len(ids) < batch:
+                return total
+
+
+def _kept_resources(actions):
+    """(account, region, resource) whose audit trail stays: an open action, or a done one with a follow-up."""
+    return select(actions.c.account_id, actions.c.region, actions.c.resource_id).where(
+        or_(actions.c.status.in_(OPEN_ACTIONS), and_(actions.c.status == "done", actions.c.follow_up.is_not(None))))
+
+
+def _resource_in(table, kept):
+    kept = kept.subquery()
+    return exists().where(kept.c.account_id == table.c.account_id, kept.c.region == table.c.region,
+                          kept.c.resource_id == table.c.resource_id)
+
+
 def _refresh(row: FindingRow, finding: Finding, now: datetime) -> None:
     row.resource_type = finding.resource_type
     row.owner = finding.owner
@@ -348,6 +441,19 @@ def _add_missing_columns(engine: Engine) -> None:
                 if column.name not in present and column.nullable:
                     kind = column.type.compile(dialect=engine.dialect)
                     connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+
+
+def add_missing_indexes(engine: Engine, tables=None) -> None:
+    """A database made by an earlier version gains the indexes added since (``create_all`` only indexes new tables)."""
+    existing = inspect(engine)
+    with engine.begin() as connection:
+        for table in tables or Base.metadata.sorted_tables:
+            if not existing.has_table(table.name):
+                continue
+            present = {index["name"] for index in existing.get_indexes(table.name)}
+            for index in table.indexes:
+                if index.name not in present:
+                    index.create(connection, checkfirst=True)
 
 
 def _make_engine(url: str) -> Engine:

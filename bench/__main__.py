@@ -2,7 +2,8 @@
 
 Cases: ``scan-N`` (vmguard's scan and Cloud Custodian's against N seeded instances), ``launch-N`` (the SDK's launch
 of N workers and one RunInstances per VM), ``heartbeat`` (wrk on the daemon's heartbeat endpoint),
-``daemon-rss-N`` (the daemon's memory after scanning N instances). ``default`` (what ``make bench`` runs):
+``daemon-rss-N`` (the daemon's memory after scanning N instances), ``store-N`` (a database of N scans: /metrics
+before and after the retention indexes and prune; no emulator). ``default`` (what ``make bench`` runs):
 scan-100 scan-1000 launch-1000 heartbeat; ``all``: default plus scan-10000 daemon-rss-10000 (slow: the emulator's
 EC2 is O(N²) in tags).
 """
@@ -17,9 +18,10 @@ import signal
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
-from bench import daemon_rss, heartbeat, launch, scan
+from bench import daemon_rss, heartbeat, launch, scan, store
 from bench.c7n_env import C7N_VERSION, compile_bytecode, ensure, versions
 from bench.emulator import ROOT, Emulator
 from bench.machine import machine, now
@@ -28,8 +30,8 @@ from bench.results import Section, header, update
 from bench.seeding import FleetPlan
 
 DEFAULT = ("scan-100", "scan-1000", "launch-1000", "heartbeat")
-OPT_IN = ("scan-10000", "daemon-rss-10000")
-_CASE = re.compile(r"^(scan|launch|daemon-rss)-(\d+)$|^heartbeat$")
+OPT_IN = ("scan-10000", "daemon-rss-10000", "store-200000")
+_CASE = re.compile(r"^(scan|launch|daemon-rss|store)-(\d+)$|^heartbeat$")
 
 
 def _interrupt(*_: object) -> None:
@@ -47,7 +49,7 @@ def expand(names: list[str]) -> list[str]:
         group = {"default": DEFAULT, "all": DEFAULT + OPT_IN}.get(name, (name,))
         for case in group:
             if not _CASE.match(case):
-                raise ValueError(f"unknown case {case!r}: expected scan-N, launch-N, heartbeat, daemon-rss-N, "
+                raise ValueError(f"unknown case {case!r}: expected scan-N, launch-N, heartbeat, daemon-rss-N, store-N, "
                                  "default or all")
             if case not in cases:
                 cases.append(case)
@@ -63,7 +65,8 @@ def _failed_section(case: str, error: str, log_dir: Path) -> Section:
     kind, number = (match.group(1), int(match.group(2))) if match and match.group(1) else (case, 0)
     opt_in = case not in DEFAULT
     heading = {"scan": lambda: scan.heading(number, opt_in), "launch": lambda: launch.heading(number),
-               "daemon-rss": lambda: daemon_rss.heading(number, opt_in)}.get(kind, lambda: heartbeat.HEADING)()
+               "daemon-rss": lambda: daemon_rss.heading(number, opt_in),
+               "store": lambda: store.heading(number)}.get(kind, lambda: heartbeat.HEADING)()
     return Section(heading, f"Command: `{command_of(case)}` · {now()}\n\n**FAILED** in this run: {error} "
                             f"(logs under `{log_dir}`)")
 
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sections: list[Section] = []
     failures = 0
-    with Emulator(log_path=run_dir / "emulator.log") as emulator:
+    needs_emulator = any(not case.startswith("store-") for case in cases)
+    with Emulator(log_path=run_dir / "emulator.log") if needs_emulator else nullcontext() as emulator:
         for case in cases:
             case_dir = run_dir / case
             case_dir.mkdir(parents=True)
@@ -134,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                 elif kind == "launch":
                     result = launch.run_case(emulator, case_dir, workers=number, say=_say)
                     section = Section(*launch.render(result, head({})))
+                elif kind == "store":
+                    result = store.run_case(case_dir, number, say=_say)
+                    section = Section(*store.render(result, head({})))
                 elif kind == "daemon-rss":
                     result = daemon_rss.run_case(emulator, case_dir, number, say=_say)
                     section = Section(*daemon_rss.render(result, head({}), opt_in))

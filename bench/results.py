@@ -38,7 +38,7 @@ How it is measured (code in `bench/`):
   timeout. Wall times still mostly measure the emulator; API calls and client CPU measure the clients.
 """
 
-SECTION_ORDER = ("Scan", "Launch", "Heartbeat", "Daemon memory")
+SECTION_ORDER = ("Scan", "Launch", "Heartbeat", "Daemon memory", "Store")
 """The sections this package writes, by heading prefix, in the order they appear."""
 
 

@@ -141,7 +141,10 @@ class Daemon:
         return report
 
     def prune(self, now: datetime | None = None):
-        """The retention job (at startup, then daily): delete history older than ``settings.retention``."""
+        """The retention job (at startup, then hourly): the actor deletes history older than ``settings.retention``;
+        a standby leaves the shared database alone."""
+        if not self.lease.held():
+            return None
         try:
             pruned = self.store.prune(now or datetime.now(timezone.utc), self.settings.retention)
         except Exception:  # tomorrow's run tries again; a failed prune never stops the daemon
@@ -152,7 +155,7 @@ class Daemon:
         return pruned
 
     def start_scheduler(self, first_scan_now: bool = True) -> None:
-        """One job per region, the keepalive job and the daily prune: never overlapping themselves, missed runs
+        """One job per region, the keepalive job and the hourly prune: never overlapping themselves, missed runs
         coalesced into one."""
         interval = self.settings.scan_interval
         now = datetime.now(timezone.utc)
@@ -164,7 +167,7 @@ class Daemon:
         self.scheduler.add_job(self.check_keepalive, "interval", id="keepalive", name="keepalive check",
                                seconds=every, next_run_time=now, misfire_grace_time=int(max(every, 1)))
         self.scheduler.add_job(self.prune, "interval", id="prune", name="prune history past retention",
-                               hours=24, next_run_time=now, misfire_grace_time=3600)
+                               hours=1, next_run_time=now, misfire_grace_time=3600)
         self.scheduler.start()
 
     def check_listen(self) -> None:

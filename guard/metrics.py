@@ -126,12 +126,10 @@ class _StoreCollector(Collector):
         running_unpriced = GaugeMetricFamily("guard_running_price_unknown_instances",
                                              "Running instances whose type has no price in the catalog.",
                                              labels=["region", "owner", "instance_type"])
-        latest_any = {scan.region: scan for scan in self.store.latest_scans()}
-        latest_ok = {scan.region: scan for scan in self.store.latest_scans(status=("ok",))}
-        latest_inventory = {scan.region: scan for scan in self.store.latest_scans(with_running_cost=True)}
-        for region, scan in sorted(latest_ok.items()):
+        latest = self.store.latest_scans()
+        for region, scan in sorted(latest.ok.items()):
             last_success.add_metric([region], scan.finished_at.timestamp())
-        for region, scan in sorted(latest_inventory.items()):
+        for region, scan in sorted(latest.inventory.items()):
             for row in scan.running_hourly_usd:
                 labels = [region, row["owner"], row["instance_type"]]
                 instances.add_metric(labels, row["count"])
@@ -139,7 +137,7 @@ class _StoreCollector(Collector):
                     running_unpriced.add_metric(labels, row["price_unknown"])
                 if row["price_unknown"] < row["count"]:
                     running.add_metric(labels, row["usd"])
-        for region, scan in sorted(latest_any.items()):
+        for region, scan in sorted(latest.newest.items()):
             last_scan.add_metric([region, scan.status], scan.finished_at.timestamp())
             for collector, succeeded in sorted((scan.collectors or {}).items()):
                 collector_ok.add_metric([collector, region], 1 if succeeded else 0)

@@ -43,7 +43,7 @@ SECRET_SETTINGS = frozenset({"api_token", "api_tokens", "webhook_url"})
 
 
 class Retention(BaseModel):
-    """How long the database keeps history (``[retention]``, ``GUARD_RETENTION__SCANS=…``); pruned daily."""
+    """How long the database keeps history (``[retention]``, ``GUARD_RETENTION__SCANS=…``); the actor prunes hourly."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

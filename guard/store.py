@@ -25,11 +25,13 @@ from sqlalchemy import (
     delete,
     event,
     exists,
+    false,
     func,
     inspect,
     or_,
     select,
     text,
+    true,
     update,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -111,8 +113,9 @@ class FindingRow(Base):
 class ScanRow(Base):
     __tablename__ = "scans"
     __table_args__ = (
-        Index("ix_scans_latest", "region", "status", "id"),
-        Index("ix_scans_priced", "region", "status", "id",
+        Index("ix_scans_latest", "region", "id"),
+        Index("ix_scans_latest_by_status", "region", "status", "id"),
+        Index("ix_scans_priced", "region", "id",
               sqlite_where=text("running_hourly_usd IS NOT NULL"),
               postgresql_where=text("running_hourly_usd IS NOT NULL")),
         Index("ix_scans_finished_at", "finished_at"),
@@ -177,6 +180,15 @@ class Scope:
 def scope_of(settings) -> Scope:
     """The scope of a daemon configured with ``settings`` (its enabled rules, its regions)."""
     return Scope(rules=tuple(settings.enabled_rules()), regions=tuple(settings.regions))
+
+
+@dataclass
+class LatestScans:
+    """Per region: the newest scan, the newest ``ok`` one, and the newest that knew the running instances."""
+
+    newest: dict[str, ScanRow] = field(default_factory=dict)
+    ok: dict[str, ScanRow] = field(default_factory=dict)
+    inventory: dict[str, ScanRow] = field(default_factory=dict)
 
 
 PRUNE_BATCH = 5000
@@ -310,15 +322,27 @@ class Store:
         with self.session() as session:
             return list(session.scalars(query).all())
 
-    def latest_scans(self, status: Iterable[str] = ("ok", "partial", "failed"),
-                     with_running_cost: bool = False) -> list[ScanRow]:
-        """The newest scan per region among the given statuses (optionally: that knew the running instances)."""
-        newest = select(func.max(ScanRow.id)).where(ScanRow.status.in_(list(status)))
-        if with_running_cost:
-            newest = newest.where(ScanRow.running_hourly_usd.is_not(None))
-        newest = self._scoped(newest.group_by(ScanRow.region), region_column=ScanRow.region)
+    def latest_scans(self) -> LatestScans:
+        """Each region's newest scan, newest fully successful scan and newest scan that priced the running
+        instances, read in one query (what one /metrics scrape shows)."""
+        kinds = (true(), ScanRow.status == "ok", ScanRow.running_hourly_usd.is_not(None))
+        if self.scope.regions is not None:  # an index seek per region and kind, however long the history
+            ids = [select(func.max(ScanRow.id)).where(ScanRow.region == region, kind).scalar_subquery()
+                   for region in self.scope.regions for kind in kinds]
+            wanted = or_(false(), *(ScanRow.id == each for each in ids))
+        else:
+            wanted = or_(*(ScanRow.id.in_(select(func.max(ScanRow.id)).where(kind).group_by(ScanRow.region))
+                           for kind in kinds))
         with self.session() as session:
-            return list(session.scalars(select(ScanRow).where(ScanRow.id.in_(newest))).all())
+            rows = session.scalars(select(ScanRow).where(wanted).order_by(ScanRow.id)).all()
+        latest = LatestScans()
+        for row in rows:  # ascending id: the last row written per region and kind is the newest
+            latest.newest[row.region] = row
+            if row.status == "ok":
+                latest.ok[row.region] = row
+            if row.running_hourly_usd is not None:
+                latest.inventory[row.region] = row
+        return latest
 
     def open_resource_waste(self) -> list[tuple[str, str, str, float]]:
         """(region, owner, resource id, $/h) of open findings, once per resource and billing line (the largest)."""

@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,8 @@ from sqlalchemy.engine import make_url
 
 from guard.audit import ApprovalError, Intent
 from guard.sandbox import GroundTruth
+from guard.settings import Retention
+from guard.store import Pruned
 
 
 def _pg_bin() -> Path:
@@ -68,6 +70,12 @@ def test_scan_and_restart_on_postgres(team_account: GroundTruth, make_scanner, p
     assert len(again.store.scans()) == 3
     summary = again.store.open_summary()
     assert sum(count for *_, count, _, _ in summary) == len(team_account.expected())
+
+    latest = again.store.latest_scans()
+    assert set(latest.newest) == set(latest.ok) == set(latest.inventory) == {"us-east-1", "us-west-2"}
+    next_year = datetime.now(timezone.utc) + timedelta(days=365)
+    assert again.store.prune(next_year, Retention()) == Pruned(scans=1)  # us-east-1's first scan; the newest stay
+    assert {scan.id for scan in again.store.scans()} == {scan.id for scan in latest.newest.values()}
 
 
 def _fresh_database(url: str, name: str) -> str:

@@ -134,7 +134,7 @@ def test_a_failed_ec2_inventory_resolves_nothing_and_keeps_the_running_cost(
         monkeypatch: pytest.MonkeyPatch) -> None:
     scanner = make_scanner()
     before = scan_all(scanner)
-    [known] = [s for s in scanner.store.latest_scans(with_running_cost=True) if s.region == "us-east-1"]
+    known = scanner.store.latest_scans().inventory["us-east-1"]
     monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", forbidden_endpoint)
     report = Scanner(make_settings(), registry, Aws(), scanner.store).scan("us-east-1")
     assert report.status in ("partial", "failed")
@@ -142,7 +142,7 @@ def test_a_failed_ec2_inventory_resolves_nothing_and_keeps_the_running_cost(
     assert {"idle-vms", "detached-volumes"} <= set(report.skipped)
     assert {(r.rule, r.region, r.resource_id) for r in scanner.store.findings()} >= set(before)
     assert scanner.store.findings(state="resolved") == []
-    [latest] = [s for s in scanner.store.latest_scans(with_running_cost=True) if s.region == "us-east-1"]
+    latest = scanner.store.latest_scans().inventory["us-east-1"]
     assert latest.id == known.id  # the running cost still comes from the last scan that saw the instances
     [failed] = scanner.store.scans(region="us-east-1", limit=1)
     assert failed.collectors["instances"] is False and failed.collectors["volumes"] is False

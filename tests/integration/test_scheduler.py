@@ -1,5 +1,5 @@
-"""The daemon's scheduler: one job per region (and the keepalive check), first scan at once, never overlapping
-itself."""
+"""The daemon's scheduler: one job per region (and the keepalive check and the store's pruning), first scan at
+once, never overlapping itself."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def test_scans_repeat_per_region_without_overlapping(team_account: GroundTruth, 
     daemon.start_scheduler()
     try:
         jobs = {job.id: job for job in daemon.scheduler.get_jobs()}
-        assert set(jobs) == {"scan:us-east-1", "scan:us-west-2", "keepalive"}  # (keepalive: test_keepalive.py)
+        assert set(jobs) == {"scan:us-east-1", "scan:us-west-2", "keepalive", "prune"}  # (keepalive: test_keepalive.py,
+        # prune: test_retention_daemon.py)
         assert all(job.max_instances == 1 and job.coalesce for job in jobs.values())
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and min(

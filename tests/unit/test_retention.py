@@ -14,7 +14,7 @@ from sqlalchemy import inspect, select
 
 from guard.audit import DONE, FAILED, PENDING, PLANNED, ActionRow, AuditLog, Intent
 from guard.settings import Retention, Settings, describe_error
-from guard.store import FindingRow, Pruned, ScanRow, Store
+from guard.store import FindingRow, Pruned, ScanRow, Scope, Store
 
 ACCOUNT = "123456789012"
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
@@ -29,10 +29,11 @@ def store(tmp_path: Path) -> Iterator[Store]:
     store.close()
 
 
-def scan(store: Store, region: str, finished: datetime) -> int:
+def scan(store: Store, region: str, finished: datetime, status: str = "ok", running: list | None = []) -> int:  # noqa: B006
     row = store.add_scan(account_id=ACCOUNT, region=region, started_at=finished - timedelta(seconds=2),
-                         finished_at=finished, status="ok", api_calls=3, api_calls_by_operation={}, errors=[],
-                         rules_evaluated=[], rules_skipped=[], findings_open=0, running_hourly_usd=[], collectors={})
+                         finished_at=finished, status=status, api_calls=3, api_calls_by_operation={}, errors=[],
+                         rules_evaluated=[], rules_skipped=[], findings_open=0, running_hourly_usd=running,
+                         collectors={})
     return row.id
 
 
@@ -104,31 +105,6 @@ def test_the_audit_trail_of_a_resource_with_an_open_action_is_kept(store: Store)
     assert store.prune(NOW, RETENTION) == Pruned(scans=0, findings=2, actions=4)
 
 
-def test_the_daemon_prunes_at_startup_and_daily(store: Store, tmp_path: Path) -> None:
-    from guard.daemon import Daemon
-
-    jobs = {}
-
-    class Scheduler:
-        def add_job(self, func, trigger, **kwargs):
-            jobs[kwargs["id"]] = (func, kwargs)
-
-        def start(self):
-            pass
-
-    daemon = Daemon.__new__(Daemon)
-    daemon.settings = Settings(regions=["us-east-1"])
-    daemon.scanner = type("S", (), {"scan": lambda self, region: None})()
-    daemon.scheduler = Scheduler()
-    daemon.store = store
-    scan(store, "us-east-1", datetime.now(timezone.utc) - timedelta(days=30))
-    scan(store, "us-east-1", datetime.now(timezone.utc))
-    daemon.start_scheduler()
-    func, kwargs = jobs["prune"]
-    assert kwargs["hours"] == 24 and kwargs["next_run_time"] <= datetime.now(timezone.utc)
-    assert func() == Pruned(scans=1)
-
-
 def test_a_bad_retention_is_one_clear_line() -> None:
     with pytest.raises(ValidationError) as caught:
         Settings(retention={"scans": "forever"})
@@ -142,7 +118,7 @@ def test_a_bad_retention_is_one_clear_line() -> None:
 
 
 HOT_INDEXES = {
-    "scans": {"ix_scans_latest", "ix_scans_priced", "ix_scans_finished_at"},
+    "scans": {"ix_scans_latest", "ix_scans_latest_by_status", "ix_scans_priced", "ix_scans_finished_at"},
     "findings": {"ix_findings_open", "ix_findings_resolved"},
     "actions": {"ix_actions_resource", "ix_actions_status_finished", "ix_actions_finding"},
 }
@@ -165,9 +141,23 @@ def test_a_database_made_without_the_indexes_gains_them_at_startup(tmp_path: Pat
         assert names <= present[table], table
 
 
-def test_latest_scans_use_an_index(store: Store) -> None:
-    scan(store, "us-east-1", NOW)
-    with store.engine.connect() as connection:
-        plan = " ".join(str(row) for row in connection.exec_driver_sql(
-            "EXPLAIN QUERY PLAN SELECT max(id) FROM scans WHERE status IN ('ok') GROUP BY region").all())
-    assert "ix_scans_latest" in plan
+def test_latest_scans_seek_each_region_and_kind_in_an_index(store: Store) -> None:
+    for where in ("", "AND status = 'ok'", "AND running_hourly_usd IS NOT NULL"):
+        query = f"SELECT max(id) FROM scans WHERE region = 'us-east-1' {where}"
+        with store.engine.connect() as connection:
+            plan = " ".join(str(row) for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {query}").all())
+        assert "SEARCH scans USING" in plan and "INDEX ix_scans_" in plan and "(region=?" in plan, (query, plan)
+
+
+@pytest.mark.parametrize("scoped", [False, True])
+def test_latest_scans_tell_the_newest_the_newest_ok_and_the_newest_priced_scan_apart(store: Store,
+                                                                                      scoped: bool) -> None:
+    if scoped:
+        store.scope = Scope(regions=("us-east-1", "eu-west-1", "ap-south-1"))
+    first = scan(store, "us-east-1", NOW - timedelta(hours=2))
+    second = scan(store, "us-east-1", NOW - timedelta(hours=1), status="partial", running=None)
+    other = scan(store, "eu-west-1", NOW)
+    latest = store.latest_scans()
+    assert {region: row.id for region, row in latest.newest.items()} == {"us-east-1": second, "eu-west-1": other}
+    assert {region: row.id for region, row in latest.ok.items()} == {"us-east-1": first, "eu-west-1": other}
+    assert {region: row.id for region, row in latest.inventory.items()} == {"us-east-1": first, "eu-west-1": other}

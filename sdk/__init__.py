@@ -21,16 +21,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sdk.cluster import Cluster
     from sdk.errors import SdkError
-    from sdk.function import Function, function
     from sdk.prices import PriceTable, price_table
+    from sdk.remote import Function, function
 
 __all__ = ["Cluster", "Function", "PriceTable", "SdkError", "function", "price_table"]
 
-_HOME = {"Cluster": "sdk.cluster", "Function": "sdk.function", "function": "sdk.function", "SdkError": "sdk.errors",
+_HOME = {"Cluster": "sdk.cluster", "Function": "sdk.remote", "function": "sdk.remote", "SdkError": "sdk.errors",
          "price_table": "sdk.prices", "PriceTable": "sdk.prices"}
+"""Where each public name lives. No submodule is named like a public name: importing ``sdk.<module>`` sets the
+package attribute ``<module>``, which would then hide the name of the same spelling."""
 
 
 def __getattr__(name: str) -> Any:
     if name in _HOME:
-        return getattr(import_module(_HOME[name]), name)
+        value = getattr(import_module(_HOME[name]), name)
+        globals()[name] = value  # looked up once; later accesses do not come here
+        return value
     raise AttributeError(f"module 'sdk' has no attribute {name!r}")

@@ -24,8 +24,16 @@ from sdk.cost import VerboseLogging, check_cap, debug_logging_warning, estimate_
 from sdk.daemon_client import DaemonClient
 from sdk.environment.versions import check_versions
 from sdk.errors import SdkError
+from sdk.forwarding import (
+    ENVIRON_PLUGIN,
+    AwsCredentials,
+    CredentialForwarder,
+    ForwardedEnviron,
+    mint_credentials,
+)
 from sdk.launch import Launched, launch, teardown
 from sdk.network import client_cidrs
+from sdk.security import ClusterTls, KeyDrop
 from sdk.spec import ClusterSpec, client_log_level
 from sdk.types import describe_types, resolve_instance_types
 from sdk.usage import ClusterUsage
@@ -66,12 +74,23 @@ class Cluster:
         if verbose:
             self.console.print(f"vmguard: warning: {verbose}", highlight=False)
             warnings.warn(verbose, VerboseLogging, stacklevel=2)
-        self.launched: Launched = self._launch_somewhere()
+        self._credentials: CredentialForwarder | None = None
+        first = self._credentials_to_forward()
+        self._check_instance_profile()
+        self._tls = ClusterTls.create(self.cluster_id, self.spec.max_lifetime)
+        self._keys: KeyDrop | None = None
+        try:
+            self.launched: Launched = self._launch_somewhere()
+        except BaseException:
+            if self._keys is not None:
+                self._keys.delete()
+            raise
         atexit.register(self.close)
         self._daemon: DaemonClient | None = None
         self._beat: threading.Thread | None = None
         try:  # from here on, anything that goes wrong (Ctrl-C included) tears the cluster down
             self.scheduler_address = self._wait_for_scheduler()
+            self._forward(first)
             self._daemon = DaemonClient.from_env(self.spec.daemon_url, self.spec.token)
             if self._daemon is not None:
                 self._daemon.register(self._registration())
@@ -83,6 +102,49 @@ class Cluster:
             raise
 
     # -- launch ---------------------------------------------------------------------------------------------------
+
+    def _credentials_to_forward(self) -> AwsCredentials | None:
+        """The workers' first credentials (``credentials="local"``), minted before anything is launched."""
+        if self.spec.credentials != "local":
+            return None
+        return mint_credentials(boto3.Session())
+
+    def _check_instance_profile(self) -> None:
+        """``instance_profile`` names a profile that exists (one line before launch; unknown if IAM says no)."""
+        name = self.spec.instance_profile
+        if not name:
+            return
+        try:
+            boto3.client("iam", config=_AWS_CONFIG).get_instance_profile(InstanceProfileName=name)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchEntity":
+                raise SdkError(f"instance_profile={name!r} does not exist in this account; create it (with its "
+                               "role) or pass the name of one that does") from None
+            log.info("cannot check instance profile %s (%s); RunInstances will", name, code)
+        except BotoCoreError as exc:
+            log.info("cannot check instance profile %s (%s); RunInstances will", name, exc)
+
+    def _forward(self, credentials: AwsCredentials | None) -> None:
+        """Send ``environ`` and the credentials to the workers over TLS; renew the credentials until close; delete
+        the VMs' TLS keys from S3 once every worker has joined (or the boot window is over)."""
+        assert self._client is not None
+        if self.spec.environ:
+            self._client.register_plugin(ForwardedEnviron(ENVIRON_PLUGIN, self.spec.environ), name=ENVIRON_PLUGIN)
+        if credentials is not None:
+            self._credentials = CredentialForwarder(self._client, boto3.Session(), first=credentials)
+            self._credentials.start()
+        deadline = self._launched_at + 2 * self.spec.boot_timeout.total_seconds()
+        threading.Thread(target=self._retire_keys, args=(deadline,), name=f"vmguard-keys-{self.cluster_id}",
+                         daemon=True).start()
+
+    def _retire_keys(self, deadline: float) -> None:
+        assert self._keys is not None and self._client is not None
+        try:
+            self._client.wait_for_workers(len(self.launched.workers), timeout=max(1.0, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - timed out, or closed: the keys go either way
+            log.debug("not every worker of %s joined before its keys were deleted", self.cluster_id, exc_info=True)
+        self._keys.delete()
 
     def _launch_somewhere(self) -> Launched:
         """Launch in ``region``, or — when a region has no capacity (``CapacityError``), does not offer the type, or
@@ -106,6 +168,8 @@ class Cluster:
                 continue
             environments = self._environments(ec2, types)  # an environment that cannot be replicated stops here
             self.spec, self._ec2, self.instance_types, self.estimate = spec, ec2, types, estimate
+            self._keys = self._keys or KeyDrop.put(self._tls, cluster_id=self.cluster_id, location=spec.env_s3,
+                                                   expires=2 * spec.boot_timeout)
             try:
                 return self._launch(client_cidrs(spec.allow_ingress_from, ec2.meta.endpoint_url), environments)
             except SdkError as exc:
@@ -151,8 +215,9 @@ class Cluster:
             def report(done: int, of: int, text: str) -> None:
                 progress.update(task, completed=done, total=of, description=text)
 
+            self._launched_at = time.monotonic()
             launched = launch(self.spec, self.instance_types, self.cluster_id, cidrs, self._ec2, progress=report,
-                              environments=environments)
+                              environments=environments, tls=self._keys.config() if self._keys else None)
         self.console.print(f"vmguard: launched {self.cluster_id}: {1 + len(launched.workers)} instance(s)",
                            highlight=False)
         return launched
@@ -173,9 +238,10 @@ class Cluster:
                 except (ClientError, BotoCoreError, IndexError, KeyError) as exc:  # not visible yet, or a blip
                     last_error, host = f"{type(exc).__name__}: {exc}", None
                 if host and _port_open(host, SCHEDULER_PORT):
-                    address = f"tcp://{host}:{SCHEDULER_PORT}"
+                    address = f"tls://{host}:{SCHEDULER_PORT}"
                     try:
-                        self._client = Client(address, timeout=10, set_as_default=False)
+                        self._client = Client(address, timeout=10, set_as_default=False,
+                                              security=self._tls.client_security())
                     except Exception as exc:  # not (yet) a Dask scheduler answering there
                         last_error = f"{type(exc).__name__}: {exc}"
                     else:
@@ -251,6 +317,10 @@ class Cluster:
         self._stop_beating.set()
         if getattr(self, "_beat", None) is not None:
             self._beat.join(timeout=10)
+        if self._credentials is not None:
+            self._credentials.stop()
+        if self._keys is not None:
+            self._keys.delete()
         if self._client is not None:
             try:
                 self._client.close(timeout=5)

@@ -139,13 +139,15 @@ class _Refused(Exception):
 def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, client_cidrs: Sequence[str],
            ec2_client: Any, progress: Progress | None = None, *,
            image_ids: dict[str, str] | None = None,
-           environments: dict[str, dict[str, Any]] | None = None) -> Launched:
+           environments: dict[str, dict[str, Any]] | None = None, tls: dict[str, str] | None = None) -> Launched:
     """Launch the scheduler and ``spec.n_workers`` workers of ``cluster_id``; see the module docstring.
 
     ``instance_types``: first choice first (later ones are fallbacks). ``client_cidrs``: who may reach the
     scheduler's ports. ``image_ids``: an AMI per architecture (``x86_64``/``arm64``) instead of the newest
     Amazon Linux 2023. ``environments``: per architecture, the replicated Python environment each VM installs
     (``sdk.environment.EnvironmentRef.to_config()``); without one, the VMs run the image's ``python3``.
+    ``tls``: where every VM fetches the cluster's TLS material (``sdk.security.KeyDrop.config()``); without, the
+    cluster speaks plain TCP.
     """
     types = list(dict.fromkeys(instance_types))
     if not types:
@@ -160,7 +162,7 @@ def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, cl
     if swept:
         log.info("deleted %d security group(s) left by clusters that ended on their own: %s", len(swept),
                  ", ".join(swept))
-    run = _Run(spec, cluster_id, ec2_client, types, environments or {})
+    run = _Run(spec, cluster_id, ec2_client, types, environments or {}, tls)
     atexit.register(run.last_resort)  # a second Ctrl-C that cuts the cleanup below short still cleans up at exit
     try:
         report(0, total, f"{cluster_id}: preparing the network")
@@ -201,9 +203,10 @@ class _Run:
     """The state of one launch, so a failure at any step can undo exactly what was made."""
 
     def __init__(self, spec: ClusterSpec, cluster_id: str, ec2: Any, types: list[str],
-                 environments: dict[str, dict[str, Any]]) -> None:
+                 environments: dict[str, dict[str, Any]], tls: dict[str, str] | None) -> None:
         self.spec = spec
         self.environments = environments
+        self.tls = tls
         self.cluster_id = cluster_id
         self.ec2 = ec2
         self.types = types
@@ -363,12 +366,16 @@ class _Run:
                 "SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
         if info.burstable:
             request["CreditSpecification"] = {"CpuCredits": "standard"}
+        if self.spec.instance_profile:
+            request["IamInstanceProfile"] = {"Name": self.spec.instance_profile}
         return request
 
     def _config(self, role: str, arch: str) -> dict[str, Any]:
         config = vm_config(self.spec, role, self.cluster_id)
         if arch in self.environments:
             config["environment"] = self.environments[arch]
+        if self.tls:
+            config["tls"] = dict(self.tls)
         return config
 
     def _run_instances(self, request: dict[str, Any]) -> list[dict[str, Any]]:

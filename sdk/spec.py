@@ -196,6 +196,12 @@ class ClusterSpec(BaseModel):
     allow_ingress_from: list[str] | None = Field(None, description="CIDRs that may reach the scheduler; None: mine")
     daemon_url: str | None = Field(default_factory=lambda: os.environ.get(DAEMON_URL_ENV) or None)
     token: str | None = Field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None, repr=False, exclude=True)
+    credentials: Literal["local"] | None = Field("local", description="'local': the workers get this client's AWS "
+                                                 "identity as short-lived credentials; None: no credentials")
+    instance_profile: str | None = Field(None, description="an IAM instance profile for the VMs instead of "
+                                         "forwarded credentials")
+    environ: dict[str, str] = Field(default_factory=dict, repr=False, description="variables set in every worker "
+                                    "process, sent over the cluster's TLS connection (never in the user-data)")
     env_s3: str | None = Field(default_factory=lambda: os.environ.get(ENV_S3_ENV) or None,
                                description="s3://bucket/prefix/ for replicated environments too large for the "
                                            "user-data")
@@ -442,6 +448,45 @@ class ClusterSpec(BaseModel):
         if text not in allowed:
             raise ValueError(f"log_level={value!r} must be one of {', '.join(allowed)}")
         return text
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_source_of_credentials(cls, data: Any) -> Any:
+        """An instance profile replaces the forwarded credentials (which would hide the role's)."""
+        if isinstance(data, dict) and data.get("instance_profile") is not None:
+            if data.get("credentials") is not None:
+                raise ValueError("pass credentials='local' or instance_profile=..., not both: forwarded credentials "
+                                 "would hide the instance role's")
+            data = {**data, "credentials": None}
+        return data
+
+    @field_validator("credentials", mode="before")
+    @classmethod
+    def _credentials(cls, value: object) -> str | None:
+        if value is not None and value != "local":
+            raise ValueError(f"credentials={value!r} must be 'local' (forward this client's AWS identity) or None")
+        return value
+
+    @field_validator("instance_profile", mode="before")
+    @classmethod
+    def _instance_profile(cls, value: object) -> str | None:
+        if value is not None and (not isinstance(value, str) or not re.fullmatch(r"[\w+=,.@-]{1,128}", value)):
+            raise ValueError(f"instance_profile={value!r} must be an instance profile's name, like 'team-data-read'")
+        return value
+
+    @field_validator("environ", mode="before")
+    @classmethod
+    def _environ(cls, value: object) -> dict[str, str]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ValueError(f"environ must be a dict of variable names to strings, not {type(value).__name__}")
+        for name, text in value.items():
+            if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"environ: {name!r} is not a variable name (letters, digits and _)")
+            if not isinstance(text, str):
+                raise ValueError(f"environ[{name!r}] must be a string, not {type(text).__name__}")
+        return dict(value)
 
     @model_validator(mode="after")
     def _one_way_to_choose_the_type(self) -> ClusterSpec:

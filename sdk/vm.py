@@ -10,6 +10,10 @@ The EC2 user-data starts it (and powers the VM off when it exits); the sandbox r
 - worker: it closes when its scheduler goes away, or when it found none within ``scheduler_wait_seconds``;
 - both: ``max_lifetime_seconds`` after the start, and on SIGTERM/SIGINT.
 
+With a ``tls`` entry in the config (``sdk.security``), the agent first fetches the cluster's TLS material from
+the presigned URL there (checking its sha256), and scheduler and worker then listen and connect on ``tls://``
+only, refusing any peer without a certificate of the cluster's own CA.
+
 The agent counts what its process does for the SDK's heartbeats (``sdk.usage``): S3 requests, log volume by level,
 and, on the scheduler, tasks finished.
 
@@ -37,6 +41,7 @@ from sdk import usage
 if TYPE_CHECKING:
     from distributed import Scheduler, Worker
     from distributed.core import Server
+    from distributed.security import Security
 
 log = logging.getLogger("sdk.vm")
 
@@ -77,6 +82,8 @@ class VmConfig:
     memory_limit: str | int | None = "auto"
     scheduler_wait_seconds: float = SCHEDULER_WAIT_SECONDS
     """A worker's bounded wait for its scheduler at start (optional in the JSON)."""
+    tls: dict[str, str] | None = None
+    """Where the cluster's TLS material is (``url``, a presigned GET) and its ``sha256``; None: plain TCP."""
 
     @classmethod
     def from_json(cls, text: str) -> VmConfig:
@@ -116,6 +123,9 @@ class VmConfig:
             raise ConfigError(f"nthreads must be a positive integer, not {self.nthreads!r}")
         if not isinstance(logging.getLevelName(str(self.log_level).upper()), int):
             raise ConfigError(f"log_level must be a logging level name, not {self.log_level!r}")
+        if self.tls is not None and not (isinstance(self.tls, dict) and all(
+                isinstance(self.tls.get(key), str) and self.tls[key] for key in ("url", "sha256"))):
+            raise ConfigError("tls must be an object with the material's 'url' and 'sha256'")
 
 
 def _keepalive_plugin_class() -> type:
@@ -191,23 +201,34 @@ def keepalive_plugin(keepalive_seconds: float, stale_after: float = STALE_CLIENT
     return _keepalive_plugin_class()(keepalive_seconds, stale_after)
 
 
-def _scheduler(config: VmConfig, host: str) -> Scheduler:
+def _security(config: VmConfig) -> Security | None:
+    """The cluster's TLS (fetched from the presigned URL of the config), or None for a plain-TCP config."""
+    if config.tls is None:
+        return None
+    from sdk.security import fetch_material, vm_security
+
+    return vm_security(fetch_material(config.tls["url"], config.tls["sha256"]))
+
+
+def _scheduler(config: VmConfig, host: str, security: Security | None) -> Scheduler:
     from distributed import Scheduler
 
     dashboard = f"{host}:{config.dashboard_port}" if config.dashboard_port is not None else f"{host}:0"
     # The HTTP server (health, metrics; the dashboard when bokeh is installed) binds to this VM's address only.
     return Scheduler(host=host, port=config.scheduler_port, dashboard_address=dashboard,
+                     protocol="tls" if security else "tcp", security=security,
                      dashboard=config.dashboard_port is not None, idle_timeout=config.idle_timeout_seconds,
                      plugins=[keepalive_plugin(config.keepalive_seconds), usage.task_counter()])
 
 
-def _worker(config: VmConfig, host: str, scheduler_address: str) -> Worker:
+def _worker(config: VmConfig, host: str, scheduler_address: str, security: Security | None) -> Worker:
     from distributed import Worker
 
-    address = scheduler_address if "://" in scheduler_address else f"tcp://{scheduler_address}"
-    return Worker(address, host=host, nthreads=config.nthreads or os.cpu_count() or 1,
-                  memory_limit=config.memory_limit, death_timeout=config.scheduler_wait_seconds,
-                  dashboard_address=f"{host}:0")
+    scheme = "tls" if security else "tcp"
+    address = scheduler_address if "://" in scheduler_address else f"{scheme}://{scheduler_address}"
+    return Worker(address, host=host, protocol=scheme, security=security,
+                  nthreads=config.nthreads or os.cpu_count() or 1, memory_limit=config.memory_limit,
+                  death_timeout=config.scheduler_wait_seconds, dashboard_address=f"{host}:0")
 
 
 class _Watchdog:
@@ -243,12 +264,18 @@ class _Watchdog:
 
 async def run(config: VmConfig, host: str, scheduler_address: str | None = None) -> int:
     """Run the agent until its server closes; the exit code."""
+    if config.role == "worker" and not scheduler_address:
+        raise ConfigError("a worker needs --scheduler <host:port>")
+    try:
+        security = await asyncio.to_thread(_security, config)
+    except ValueError as exc:  # SdkError: not fetched in time, or not the material the config names
+        log.error("the %s could not start: %s", config.role, exc)
+        return EXIT_NOT_STARTED
     if config.role == "scheduler":
-        server: Server = _scheduler(config, host)
+        server: Server = _scheduler(config, host, security)
     else:
-        if not scheduler_address:
-            raise ConfigError("a worker needs --scheduler <host:port>")
-        server = _worker(config, host, scheduler_address)
+        assert scheduler_address is not None
+        server = _worker(config, host, scheduler_address, security)
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     started = False

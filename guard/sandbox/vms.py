@@ -259,7 +259,9 @@ def _set_addresses(instance: Any, ip: str) -> None:
 
 def _agent_env(venv: Path | None = None) -> dict[str, str]:
     env = {name: value for name, value in os.environ.items() if not name.startswith(_ENV_DROPPED)}
-    env["PYTHONUNBUFFERED"] = "1"
+    # nor finds any in this machine's files or metadata service: like an EC2 VM without an instance profile
+    env |= {"AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_CONFIG_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true", "PYTHONUNBUFFERED": "1"}
     if venv is not None:
         # the replicated environment alone: nothing of this process's interpreter or path
         for name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "CONDA_PREFIX", "PYTHONSTARTUP"):

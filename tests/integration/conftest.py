@@ -25,7 +25,7 @@ from polling import wait_for
 from guard.aws import Aws
 from guard.engine import Scanner
 from guard.rule import Registry, discover_rules
-from guard.sandbox import GroundTruth, SandboxServer, seed_team_account
+from guard.sandbox import GroundTruth, SandboxServer, VmRunner, create_env_location, seed_team_account
 from guard.settings import Settings, load_settings
 from guard.store import Store
 
@@ -185,3 +185,21 @@ def webhook() -> Iterator[tuple[str, list[dict]]]:
     yield f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/secret-token-part", bodies
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def runner(sandbox: SandboxServer, tmp_path: Path) -> Iterator[VmRunner]:
+    """A reset sandbox whose cluster VMs run as local processes (their output under the test's tmp_path)."""
+    sandbox.reset()
+    with VmRunner(sandbox.endpoint_url, log_dir=tmp_path / "vms") as vms:
+        yield vms
+
+
+@pytest.fixture
+def sdk_env(sandbox: SandboxServer, runner: VmRunner, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """What `guard demo` writes for the SDK: the sandbox's credentials, and where replicated environments go."""
+    values = sandbox.env | {"VMGUARD_OWNER": "tester", "VMGUARD_MAX_HOURLY_USD": "50",
+                            "VMGUARD_ENV_S3": create_env_location(sandbox.endpoint_url)}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values

@@ -12,7 +12,6 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,7 +20,7 @@ from faults import FaultProxy
 from rich.console import Console
 
 import sdk
-from guard.sandbox import SandboxServer, VmRunner, create_env_location, sandbox_client
+from guard.sandbox import SandboxServer, VmRunner, sandbox_client
 
 ADMIN_TOKEN = "admin-token-0123456789"
 OWNER_TOKEN = "tester-token-0123456789"
@@ -44,27 +43,10 @@ def wait_for(predicate, timeout: float, what: str, poll: float = 0.25):
 
 
 @pytest.fixture
-def runner(sandbox: SandboxServer, tmp_path: Path) -> Iterator[VmRunner]:
-    sandbox.reset()
-    with VmRunner(sandbox.endpoint_url, log_dir=tmp_path / "vms") as vms:
-        yield vms
-
-
-@pytest.fixture
 def daemon(runner: VmRunner, guard_run) -> str:
     """`guard run` in observe mode (keepalive expiry is on by default), checking clusters every second."""
     return guard_run(GUARD_REGIONS=REGION, GUARD_API_TOKEN=ADMIN_TOKEN, GUARD_API_TOKENS=f"tester={OWNER_TOKEN}",
                      GUARD_SCAN_INTERVAL="60s", GUARD_KEEPALIVE_CHECK_INTERVAL="1s")
-
-
-@pytest.fixture
-def sdk_env(sandbox: SandboxServer, runner: VmRunner, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """What `guard demo` writes for the SDK: the sandbox's credentials, and where replicated environments go."""
-    values = sandbox.env | {"VMGUARD_OWNER": "tester", "VMGUARD_MAX_HOURLY_USD": "50",
-                            "VMGUARD_ENV_S3": create_env_location(sandbox.endpoint_url)}
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
 
 
 def clusters(url: str, token: str = ADMIN_TOKEN) -> dict[str, dict]:

@@ -20,7 +20,7 @@ import pytest
 from botocore.config import Config
 from faults import FaultProxy, _Fault
 
-from guard.sandbox import SandboxServer
+from guard.sandbox import SandboxServer, create_env_location
 from guard.sandbox.server import ServedRequest
 from sdk.bootstrap import CONFIG_PREFIX, read_config
 from sdk.errors import SdkError
@@ -410,8 +410,10 @@ def test_the_next_launch_deletes_groups_of_clusters_that_ended_on_their_own(ec2:
 # -- scale: last, it leaves 1,000 instances behind until the reset ---------------------------------------------------
 
 
-def test_a_thousand_workers_launch_in_two_calls_and_tear_down(sandbox: SandboxServer, ec2: Any,
-                                                             cluster_id: str) -> None:
+def test_a_thousand_workers_launch_in_two_calls_and_tear_down(sandbox: SandboxServer, cluster_id: str) -> None:
+    # the emulator takes its time over a thousand instances on a busy machine (AWS answers in seconds)
+    ec2 = boto3.client("ec2", region_name=REGION,
+                       config=Config(read_timeout=900, retries={"mode": "standard", "max_attempts": 1}))
     spec = _spec(vm_type="m5.large", n_workers=1000)
     sandbox.clear_requests()
     reports: list[tuple[int, int, str]] = []
@@ -439,6 +441,7 @@ def test_debug_logging_at_scale_warns_with_its_price_before_launch(sandbox: Sand
     from sdk.cost import VerboseLogging
 
     monkeypatch.delenv("VMGUARD_DAEMON_URL", raising=False)
+    monkeypatch.setenv("VMGUARD_ENV_S3", create_env_location(sandbox.endpoint_url))
     sandbox.clear_requests()
     with pytest.warns(VerboseLogging, match=r"11 VMs log about 0\.9 GB/hour, \$0\.47/hour"), \
             pytest.raises(SdkError, match="did not answer within 10s"):  # no VM runs here: nothing boots

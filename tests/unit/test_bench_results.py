@@ -70,7 +70,7 @@ def test_update_creates_the_file_and_rewrites_only_what_it_is_given(tmp_path: Pa
 
 def test_case_names_expand_and_unknown_ones_are_refused() -> None:
     assert expand([]) == ["scan-100", "scan-1000", "launch-1000", "heartbeat"]
-    assert expand(["scan-1000", "all"])[-2:] == ["scan-10000", "daemon-rss-10000"]
+    assert expand(["scan-1000", "all"])[-3:] == ["scan-10000", "daemon-rss-10000", "store-200000"]
     assert expand(["scan-1000", "all"]).count("scan-1000") == 1
     with pytest.raises(ValueError, match="unknown case 'scan'"):
         expand(["scan"])

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdk.environment.capture import CapturedEnvironment, canonical
-from sdk.environment.wheels import LocalWheel, normalize_arch
+from sdk.environment.wheels import MANYLINUX, LocalWheel, normalize_arch
 from sdk.errors import SdkError
 
 if sys.version_info >= (3, 11):
@@ -32,8 +32,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-MANYLINUX = "2_28"
-"""The glibc baseline of the VMs' wheels: Amazon Linux 2023 has glibc 2.34, Ubuntu 22.04 2.35."""
 CRITICAL = ("dask", "distributed", "cloudpickle", "msgpack", "vmguard")
 """Packages whose versions must be equal on the client and the VMs (with the Python minor)."""
 UV_ENV = "VMGUARD_UV"

@@ -216,8 +216,9 @@ def test_a_compiled_local_package_is_refused_for_another_architecture(tmp_path: 
         build_bundle(env, "aarch64", cache=tmp_path / "cache")
     message = str(caught.value)
     assert "\n" not in message
-    assert "compiled local package(s) built on this x86_64 machine cannot run on aarch64 VMs: fastmod" in message
-    assert "arm=False" in message and "linux_x86_64" in message
+    assert message.startswith("local wheel(s) that cannot run on the Linux aarch64 VMs: fastmod (fastmod-1.0-")
+    assert "linux_x86_64.whl" in message and "is built for Linux x86_64, not aarch64" in message
+    assert "cibuildwheel" in message and "launch x86_64 VMs (arm=False)" in message
 
 
 def test_a_package_without_a_wheel_for_the_target_is_reported_before_launch(tmp_path: Path) -> None:

@@ -95,7 +95,7 @@ def environment_key(env: CapturedEnvironment, arch: str, uv: str) -> str:
         "platform": python_platform(arch),
         "uv": uv_ver,
         "packages": sorted(package_fingerprint(p) for p in _packages_to_carry(env, uv)),
-        "modules": modules_hash(env.modules) if env.modules else None,
+        "modules": modules_hash(env.modules, env.workdir) if env.modules else None,
         "lock_file": (env.lock_file.name, env.lock_file.read_text(errors="replace")) if env.lock_file else None,
         "lock_sources": ([source_hash(path) for path in lock_file_sources(env.lock_file, uv)]
                          if env.lock_file else None),

@@ -23,14 +23,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdk.environment.capture import CapturedEnvironment, Package, canonical
+from sdk.environment.capture import SKIPPED_DIRS, CapturedEnvironment, Package, canonical
 from sdk.errors import SdkError
 
 MODULES_DISTRIBUTION = "vmguard-workdir"
-"""The name of the wheel that carries the working directory's top-level modules."""
-_SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", ".venv", "venv", "env", "build", "dist", "__pycache__",
-                           "node_modules", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".tox", ".nox",
-                           ".ipynb_checkpoints", ".hypothesis"})
+"""The name of the wheel that carries the working directory's top-level modules and packages."""
 _ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 MANYLINUX = "2_28"
 """The glibc baseline of the VMs' wheels: Amazon Linux 2023 has glibc 2.34, Ubuntu 22.04 2.35."""
@@ -83,7 +80,7 @@ def source_files(source: Path) -> list[Path]:
         return sorted(p for p in files if (source / p).is_file() and not _skipped(p))
     found = []
     for root, dirs, names in os.walk(source):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS and not d.endswith(".egg-info"))
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.endswith(".egg-info"))
         for name in names:
             if name.endswith((".pyc", ".pyo")):
                 continue
@@ -92,7 +89,7 @@ def source_files(source: Path) -> list[Path]:
 
 
 def _skipped(path: Path) -> bool:
-    return any(part in _SKIPPED_DIRS or part.endswith(".egg-info") for part in path.parts[:-1])
+    return any(part in SKIPPED_DIRS or part.endswith(".egg-info") for part in path.parts[:-1])
 
 
 def source_hash(source: Path) -> str:
@@ -124,11 +121,17 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def modules_hash(modules: tuple[Path, ...]) -> str:
+def modules_hash(modules: tuple[Path, ...], root: Path) -> str:
+    """sha256 over the modules' paths (relative to ``root``, the working directory) and contents."""
     digest = hashlib.sha256()
     for path in modules:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(module_name(path, root).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def module_name(path: Path, root: Path) -> str:
+    """The module file's path in the wheel: relative to the working directory (``mypkg/sub/__init__.py``)."""
+    return path.relative_to(root).as_posix()
 
 
 # -- building -------------------------------------------------------------------------------------------------------
@@ -152,7 +155,7 @@ def build_local_wheels(env: CapturedEnvironment, arch: str, out: Path, uv: str,
     for source in extra_sources:
         wheels.append(_build_source(None, source, out, uv))
     if env.modules:
-        wheels.append(modules_wheel(env.modules, out))
+        wheels.append(modules_wheel(env.modules, out, env.workdir))
     check_platforms(wheels, normalize_arch(arch))
     return wheels
 
@@ -290,14 +293,16 @@ def _uv_build(name: str | None, source: Path, out: Path, uv: str, origin: str) -
     return LocalWheel(wheel_name, fields[1], target, origin)
 
 
-def modules_wheel(modules: tuple[Path, ...], out: Path) -> LocalWheel:
-    """A pure wheel of top-level modules (named ``vmguard-workdir``, versioned by their content)."""
-    version = f"0+{modules_hash(modules)[:12]}"
+def modules_wheel(modules: tuple[Path, ...], out: Path, root: Path) -> LocalWheel:
+    """A pure wheel of the working directory ``root``'s modules and packages' files (named ``vmguard-workdir``,
+    versioned by their content), each at its path relative to ``root``."""
+    version = f"0+{modules_hash(modules, root)[:12]}"
     stem = f"{MODULES_DISTRIBUTION.replace('-', '_')}-{version}"
     info = f"{stem}.dist-info"
-    files: dict[str, bytes] = {path.name: path.read_bytes() for path in modules}
+    files: dict[str, bytes] = {module_name(path, root): path.read_bytes() for path in modules}
     files[f"{info}/METADATA"] = (f"Metadata-Version: 2.1\nName: {MODULES_DISTRIBUTION}\nVersion: {version}\n"
-                                 "Summary: the working directory's modules, carried to the VMs\n").encode()
+                                 "Summary: the working directory's modules and packages, carried to the VMs\n"
+                                 ).encode()
     files[f"{info}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: vmguard\nRoot-Is-Purelib: true\n"
                               b"Tag: py3-none-any\n")
     record = io.StringIO()

@@ -4,13 +4,22 @@ stands in for a private index)."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import subprocess
 import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from sdk.environment.bundle import build_bundle
 from sdk.environment.capture import MAX_MODULE_BYTES, CapturedEnvironment, Package, capture
+from sdk.environment.indexes import VARIABLES, check_indexes, client_indexes
+from sdk.environment.install import install
 from sdk.environment.lock import uv_binary
 from sdk.environment.wheels import build_local_wheels, modules_wheel
 from sdk.errors import SdkError
@@ -118,3 +127,114 @@ def test_a_package_inside_an_installed_projects_source_is_not_carried_twice(tmp_
     env = capture(workdir=tmp_path, paths=[str(site)])
     assert env.get("proj").kind == "editable"
     assert [m.name for m in env.modules] == ["helpers.py"]
+
+
+# -- the package index ----------------------------------------------------------------------------------------------
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Locked(_Quiet):
+    """An index that wants credentials."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self.send_response(401)
+        self.send_header("WWW-Authenticate", 'Basic realm="private"')
+        self.end_headers()
+
+
+@contextmanager
+def _serve(root: Path, handler: type[http.server.BaseHTTPRequestHandler] = _Quiet) -> Iterator[str]:
+    """An HTTP server of ``root`` on localhost; its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _private_index(root: Path, name: str = "vmg-private-pkg", version: str = "1.0") -> None:
+    """A PEP 503 index at ``root/simple`` with one pure wheel that PyPI does not have."""
+    module = name.replace("-", "_")
+    info = f"{module}-{version}.dist-info"
+    files = {f"{module}.py": b"VALUE = 'from the private index'\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+             f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{n},,\n" for n in [*files, f"{info}/RECORD"]).encode()
+    wheel = root / "files" / f"{module}-{version}-py3-none-any.whl"
+    wheel.parent.mkdir(parents=True)
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for arcname, data in files.items():
+            archive.writestr(arcname, data)
+    _write(root, {f"simple/{name}/index.html": f'<a href="../../files/{wheel.name}">{wheel.name}</a>\n'})
+
+
+def _index_variables(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_the_lock_names_the_index_it_was_resolved_against_and_the_vm_installs_from_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _private_index(tmp_path / "index")
+    env = CapturedEnvironment(python=PYTHON, workdir=tmp_path, packages=(Package("vmg-private-pkg", "1.0", "index"),))
+    with _serve(tmp_path / "index") as base:
+        _index_variables(monkeypatch, UV_INDEX_URL=f"{base}/simple")
+        bundle = build_bundle(env, "x86_64", cache=tmp_path / "cache")
+        assert bundle.requirements.splitlines()[2:] == [f"--index-url {base}/simple", "vmg-private-pkg==1.0"]
+        _index_variables(monkeypatch)  # the VM has none of this machine's settings
+        python = install(bundle.path, tmp_path / "vm-venv", env.python_minor, expected_hash=bundle.hash)
+        seen = subprocess.run([str(python), "-c", "import vmg_private_pkg; print(vmg_private_pkg.VALUE)"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    assert seen == "from the private index"
+
+
+def test_index_variables_uv_first_then_pip() -> None:
+    uv = client_indexes({"UV_INDEX_URL": "https://old.example/simple", "UV_DEFAULT_INDEX": "https://new.example/simple",
+                         "UV_INDEX": "team=https://team.example/simple https://more.example/simple",
+                         "UV_EXTRA_INDEX_URL": "https://extra.example/simple", "PIP_INDEX_URL": "https://pip.example"})
+    assert uv.requirement_lines() == ["--index-url https://new.example/simple",
+                                      "--extra-index-url https://team.example/simple",
+                                      "--extra-index-url https://more.example/simple",
+                                      "--extra-index-url https://extra.example/simple"]
+    assert uv.extra[0].name == "team" and uv.extra[0].variable == "UV_INDEX"
+    pip = client_indexes({"PIP_INDEX_URL": "https://pip.example/simple", "PIP_EXTRA_INDEX_URL": "https://a/ https://b/"})
+    assert pip.arguments() == ["--index-url", "https://pip.example/simple", "--extra-index-url", "https://a/",
+                               "--extra-index-url", "https://b/"]
+    assert client_indexes({}).arguments() == []
+
+
+@pytest.mark.parametrize(("variables", "reason"), [
+    ({"UV_INDEX_URL": "https://alice:s3cret@pypi.corp.example/simple"}, "carries credentials"),
+    ({"PIP_EXTRA_INDEX_URL": "https://__token__:s3cret@pypi.corp.example/simple"}, "carries credentials"),
+    ({"UV_EXTRA_INDEX_URL": "https://s3cret@pypi.corp.example/simple"}, "carries credentials"),
+    ({"UV_DEFAULT_INDEX": "https://pypi.corp.example/simple?token=s3cret"}, "query string"),
+    ({"UV_INDEX": "file:///home/alice/wheels/simple"}, "not an http(s) URL"),
+    ({"UV_INDEX": "corp-main=https://pypi.corp.example/simple", "UV_INDEX_CORP_MAIN_PASSWORD": "s3cret"},
+     "UV_INDEX_CORP_MAIN_USERNAME/_PASSWORD are set"),
+])
+def test_an_index_with_credentials_is_refused_before_launch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            variables: dict[str, str], reason: str) -> None:
+    _index_variables(monkeypatch, **variables)
+    env = CapturedEnvironment(python=PYTHON, workdir=tmp_path, packages=(Package("six", "1.17.0", "index"),))
+    with pytest.raises(SdkError) as caught:
+        build_bundle(env, "x86_64", cache=tmp_path / "cache")
+    message = str(caught.value)
+    assert "\n" not in message and "s3cret" not in message and reason in message
+    assert message.startswith("the package index ") and "without credentials" in message
+    assert "wheel files" in message and f"unset {next(iter(variables))}" in message
+
+
+def test_an_index_that_answers_401_without_credentials_is_refused(tmp_path: Path) -> None:
+    with _serve(tmp_path, _Locked) as locked, _serve(tmp_path) as open_index:
+        with pytest.raises(SdkError, match=r"^the package index http://127\.0\.0\.1:\d+/simple \(from UV_INDEX_URL\) "
+                                           r"needs credentials \(it answers 401 without them\)"):
+            check_indexes(client_indexes({"UV_INDEX_URL": f"{locked}/simple"}), {})
+        check_indexes(client_indexes({"UV_INDEX_URL": f"{open_index}/simple"}), {})  # a 404 is not a refusal

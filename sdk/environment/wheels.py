@@ -201,7 +201,7 @@ def check_platforms(wheels: list[LocalWheel], target: str) -> None:
         return
     listed = "; ".join(f"{w.name} ({w.path.name}, from {w.origin}) {reason}" for w, reason in refused)
     fix = (f"build it for Linux {target} (e.g. with cibuildwheel, or `uv build` in a manylinux_{MANYLINUX} "
-           "container) and install that wheel here, or publish it to the package index")
+           "container), publish that wheel to the package index and install it here from the index")
     other = _other_vms(refused, target)
     if other:
         fix += f", or launch {other} VMs (arm={other == 'aarch64'})"

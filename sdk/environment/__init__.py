@@ -8,9 +8,11 @@
 Four steps, one module each:
 
 - :mod:`~sdk.environment.capture`: this interpreter's Python and every installed distribution, classified (index,
-  editable, local, archive, git, conda), the working directory's modules, a ``uv.lock`` or pinned requirements;
-- :mod:`~sdk.environment.lock` (with :mod:`~sdk.environment.wheels`): an exact lock for the VMs' platform by uv,
-  local code as wheels, a package with no wheel for the target reported before launch;
+  editable, local, archive, git, conda), the working directory's modules and packages, a ``uv.lock`` or pinned
+  requirements;
+- :mod:`~sdk.environment.lock` (with :mod:`~sdk.environment.wheels` and :mod:`~sdk.environment.indexes`): an exact
+  lock for the VMs' platform by uv against this machine's package indexes, local code as wheels, a package with no
+  wheel for the target, a local wheel for another platform, an index with credentials reported before launch;
 - :mod:`~sdk.environment.bundle` and :mod:`~sdk.environment.ship`: lock + wheels in one archive keyed by content
   (cached: an unchanged environment is not resolved, built or uploaded again), inline in the user-data or in S3;
 - :mod:`~sdk.environment.install`: uv and a fresh venv on the VM (``sdk.bootstrap`` writes the steps), and
@@ -65,8 +67,8 @@ def prepare_environment(*, arch: str, owner: str, s3: Any = None, location: str 
     ``ship.s3_client()``, which presigns with SigV4 as the VMs' download needs); the presigned URL lives
     ``2 × boot_timeout_seconds``. ``python``: another interpreter's environment
     instead of this one's; ``environment``: an already captured one. Raises ``SdkError`` (one line) for what
-    cannot be replicated: a compiled local package on another architecture, a package with no wheel for the
-    target, a conda-only package.
+    cannot be replicated: a local wheel for another platform or architecture, a package with no wheel for the
+    target, a conda-only package, a package index that needs credentials.
     """
     env = environment or capture(python, workdir)
     bundle = build_bundle(env, arch, cache=cache)

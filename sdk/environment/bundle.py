@@ -1,10 +1,10 @@
 """The bundle: the lock and the local wheels in one deterministic ``.tar.gz``, keyed by content, built once.
 
 ``build_bundle(env, arch)`` looks the environment up by its *input key* (a hash of the Python minor, the target
-platform, the uv version, every package's pin, commit or source hash, the lock file and the modules): a known
-key reuses the bundle built before, with no resolution and no build. The bundle's own sha256 (``hash``) names
-it everywhere after: the S3 object, its ``vmguard:env-hash`` tag, the VMs' check of what they downloaded, the
-sandbox's venv cache.
+platform, the uv version, the package indexes, every package's pin, commit or source hash, the lock file and the
+modules): a known key reuses the bundle built before, with no resolution and no build. The bundle's own sha256
+(``hash``) names it everywhere after: the S3 object, its ``vmguard:env-hash`` tag, the VMs' check of what they
+downloaded, the sandbox's venv cache.
 
 Cache: ``$VMGUARD_CACHE_DIR`` or ``~/.cache/vmguard`` (``bundles/<input key>/``).
 """
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sdk.environment.capture import CapturedEnvironment
+from sdk.environment.indexes import check_indexes, client_indexes
 from sdk.environment.lock import (
     CRITICAL,
     WHEELS_DIR,
@@ -94,8 +95,9 @@ def environment_key(env: CapturedEnvironment, arch: str, uv: str) -> str:
         "python": env.python_minor,
         "platform": python_platform(arch),
         "uv": uv_ver,
+        "indexes": client_indexes().arguments(),
         "packages": sorted(package_fingerprint(p) for p in _packages_to_carry(env, uv)),
-        "modules": modules_hash(env.modules) if env.modules else None,
+        "modules": modules_hash(env.modules, env.workdir) if env.modules else None,
         "lock_file": (env.lock_file.name, env.lock_file.read_text(errors="replace")) if env.lock_file else None,
         "lock_sources": ([source_hash(path) for path in lock_file_sources(env.lock_file, uv)]
                          if env.lock_file else None),
@@ -104,8 +106,12 @@ def environment_key(env: CapturedEnvironment, arch: str, uv: str) -> str:
 
 
 def build_bundle(env: CapturedEnvironment, arch: str, *, cache: Path | None = None, uv: str | None = None) -> Bundle:
-    """The bundle of ``env`` for Linux VMs of ``arch``: from the cache when the inputs are unchanged."""
+    """The bundle of ``env`` for Linux VMs of ``arch``: from the cache when the inputs are unchanged.
+
+    The package indexes are checked first, even for a cached bundle: one that now needs credentials is refused.
+    """
     arch = normalize_arch(arch)
+    check_indexes(client_indexes())
     uv = uv or uv_binary()
     key = environment_key(env, arch, uv)
     home = (cache or cache_dir()) / "bundles" / key

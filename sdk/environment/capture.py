@@ -12,8 +12,9 @@
 - ``conda``: installed by conda (``INSTALLER`` says ``conda``): replicated from PyPI at the same version, if PyPI
   has it.
 
-Also captured: the working directory's importable top-level ``.py`` modules (a function that imports
-``helpers.py`` runs on the VMs too), the conda packages that are not Python distributions at all (system
+Also captured: the working directory's importable top-level ``.py`` modules and packages (folders with an
+``__init__.py``: their ``.py`` files, recursively; a function that imports ``helpers`` or ``mypkg.sub`` runs on
+the VMs too), the conda packages that are not Python distributions at all (system
 libraries a VM will not have; reported), and a ``uv.lock`` or fully pinned requirements file in the working
 directory, which, when present, is the source of truth instead of what is installed.
 """
@@ -39,7 +40,11 @@ LOCK_FILES = ("uv.lock", "requirements.lock", "requirements-lock.txt", "requirem
 """Looked for in the working directory, in this order; a requirements file counts only when fully pinned."""
 SKIPPED_MODULES = frozenset({"setup.py", "conftest.py", "noxfile.py", "fabfile.py"})
 MAX_MODULE_BYTES = 1024 * 1024
-"""A top-level .py file larger than this is data, not a module: it is not carried."""
+"""A working directory's .py file larger than this is data, not a module: it is not carried."""
+SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", ".venv", "venv", "env", "build", "dist", "__pycache__",
+                          "node_modules", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".tox", ".nox",
+                          ".ipynb_checkpoints", ".hypothesis"})
+"""Folders that are never code to carry: version control, virtualenvs, caches, build output."""
 
 _NAME_NORMALIZE = re.compile(r"[-_.]+")
 _PINNED_LINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[^\]]*\])?\s*(===?\s*[^\s;,]+|@\s*\S+)\s*(;.*)?$")
@@ -95,7 +100,7 @@ class CapturedEnvironment:
     packages: tuple[Package, ...]
     workdir: Path
     modules: tuple[Path, ...] = ()
-    """The working directory's top-level .py modules."""
+    """The working directory's top-level .py modules and the .py files of its packages (paths under ``workdir``)."""
     lock_file: Path | None = None
     """A uv.lock or fully pinned requirements file in the working directory: the source of truth when set."""
     conda_system: tuple[str, ...] = ()
@@ -145,7 +150,7 @@ def capture(python: str | os.PathLike[str] | None = None, workdir: str | os.Path
     if conda_system:
         notes.append(f"conda packages that are not Python distributions are not replicated on the VMs: "
                      f"{', '.join(conda_system[:10])}{' …' if len(conda_system) > 10 else ''}")
-    return CapturedEnvironment(python=version, packages=packages, workdir=work, modules=_modules(work),
+    return CapturedEnvironment(python=version, packages=packages, workdir=work, modules=_modules(work, packages),
                                lock_file=lock_file, conda_system=conda_system, notes=tuple(notes))
 
 
@@ -313,15 +318,39 @@ def _is_remote(source: str) -> bool:
     return urlparse(source).scheme in ("http", "https")
 
 
-def _modules(workdir: Path) -> tuple[Path, ...]:
-    found = []
-    for path in sorted(workdir.glob("*.py")):
-        if path.name in SKIPPED_MODULES or not path.stem.isidentifier() or not path.is_file():
-            continue
-        if path.stat().st_size > MAX_MODULE_BYTES:
-            continue
-        found.append(path)
+def _modules(workdir: Path, packages: tuple[Package, ...]) -> tuple[Path, ...]:
+    """The working directory's top-level modules, then the .py files of its packages.
+
+    A package inside the source of an installed local project is left out: that project's wheel carries it.
+    """
+    found = [path for path in sorted(workdir.glob("*.py")) if path.name not in SKIPPED_MODULES and _is_module(path)]
+    installed = [Path(p.source).resolve() for p in packages if p.kind in LOCAL_KINDS and p.source]
+    for folder in sorted(workdir.iterdir()):
+        if _is_package(folder) and not any(source == folder or source in folder.parents for source in installed):
+            found += _package_files(folder)
     return tuple(found)
+
+
+def _is_module(path: Path) -> bool:
+    """An importable .py file small enough to be code."""
+    return (path.suffix == ".py" and path.stem.isidentifier() and path.is_file()
+            and path.stat().st_size <= MAX_MODULE_BYTES)
+
+
+def _is_package(folder: Path) -> bool:
+    """An importable folder with an ``__init__.py`` that is not a cache, a build output or a virtualenv."""
+    return (folder.is_dir() and folder.name.isidentifier() and folder.name not in SKIPPED_DIRS
+            and (folder / "__init__.py").is_file() and not (folder / "pyvenv.cfg").exists())
+
+
+def _package_files(package: Path) -> list[Path]:
+    """The package's modules and those of its subpackages (importable subfolders), recursively, sorted."""
+    found = []
+    for root, dirs, names in os.walk(package):
+        dirs[:] = sorted(d for d in dirs if d.isidentifier() and d not in SKIPPED_DIRS
+                         and not (Path(root) / d / "pyvenv.cfg").exists())
+        found += [Path(root) / name for name in sorted(names) if _is_module(Path(root) / name)]
+    return found
 
 
 def _conda_system_packages(prefix: Path, python_names: set[str]) -> tuple[str, ...]:

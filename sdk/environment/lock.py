@@ -9,8 +9,9 @@ needs (``appnope`` on a Mac) drops out; one the target needs (and this machine d
 The resolution is written as a PEP 751 ``pylock.toml``, which names, for each package, the wheel files of the
 target platform: a package pinned to a version with no wheel for the target (only an sdist, or wheels for other
 platforms) is reported before anything launches, with its name and the alternatives: the other architecture,
-or another version that has a wheel. The lock the VMs install is a requirements file: ``name==version`` lines,
-local wheels as ``name @ ./wheels/<file>``.
+or another version that has a wheel. The lock the VMs install is a requirements file: the package indexes it was
+resolved against (:mod:`~sdk.environment.indexes`, ``--index-url``/``--extra-index-url`` lines), ``name==version``
+lines, local wheels as ``name @ ./wheels/<file>``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdk.environment.capture import CapturedEnvironment, canonical
-from sdk.environment.wheels import LocalWheel, normalize_arch
+from sdk.environment.indexes import Indexes, client_indexes, uv_environment
+from sdk.environment.wheels import MANYLINUX, LocalWheel, normalize_arch
 from sdk.errors import SdkError
 
 if sys.version_info >= (3, 11):
@@ -32,8 +34,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-MANYLINUX = "2_28"
-"""The glibc baseline of the VMs' wheels: Amazon Linux 2023 has glibc 2.34, Ubuntu 22.04 2.35."""
 CRITICAL = ("dask", "distributed", "cloudpickle", "msgpack", "vmguard")
 """Packages whose versions must be equal on the client and the VMs (with the Python minor)."""
 UV_ENV = "VMGUARD_UV"
@@ -113,6 +113,8 @@ class Lock:
     built_on_vm: tuple[str, ...] = ()
     """Pure-Python packages published as an sdist only: the VMs build them (no compiler needed)."""
     notes: tuple[str, ...] = field(default=())
+    indexes: Indexes = Indexes()
+    """The package indexes it was resolved against: the VMs install from the same."""
 
     @property
     def platform(self) -> str:
@@ -125,7 +127,8 @@ class Lock:
     def requirements_text(self) -> str:
         header = (f"# vmguard: the environment of the VMs, for {self.platform} and Python {self.python}.\n"
                   "# Installed with `uv pip sync` from this file's directory (local wheels are in ./wheels).\n")
-        return header + "".join(f"{p.requirement}\n" for p in sorted(self.packages, key=lambda p: p.name))
+        lines = self.indexes.requirement_lines() + [p.requirement for p in sorted(self.packages, key=lambda p: p.name)]
+        return header + "".join(f"{line}\n" for line in lines)
 
 
 def resolve(env: CapturedEnvironment, arch: str, wheels: list[LocalWheel], work: Path, *, uv: str) -> Lock:
@@ -157,7 +160,8 @@ def resolve(env: CapturedEnvironment, arch: str, wheels: list[LocalWheel], work:
             _raise_no_wheels({name: (sdist_only[name], platforms) for name, platforms in compiled.items()}, arch,
                              env.python_minor, uv, work)
     lock = Lock(arch=arch, python=env.python_minor, packages=packages, wheels=tuple(wheels),
-                dropped=_dropped(env, packages, local), built_on_vm=tuple(sorted(sdist_only)))
+                dropped=_dropped(env, packages, local), built_on_vm=tuple(sorted(sdist_only)),
+                indexes=client_indexes())
     _check_exact(env, lock)
     return lock
 
@@ -230,15 +234,17 @@ def _line_name(line: str) -> str:
 
 def _compile(uv: str, inputs: list[str], constraints: list[str], arch: str, python: str, work: Path,
              *extra: str, output: str = "pylock.toml") -> subprocess.CompletedProcess[str]:
+    """``uv pip compile`` for the target, against this machine's package indexes given as flags (the VMs get the
+    same flags in their lock), not through uv's variables."""
     requirements = work / "requirements.in"
     requirements.write_text("".join(f"{line}\n" for line in inputs))
     command = [uv, "pip", "compile", str(requirements), "--python-platform", python_platform(arch),
                "--python-version", python, "--format", "pylock.toml", "--output-file", str(work / output),
-               "--no-header", "--quiet", *extra]
+               "--no-header", "--quiet", *client_indexes().arguments(), *extra]
     if constraints:
         (work / "constraints.txt").write_text("".join(f"{line}\n" for line in constraints))
         command += ["--constraint", str(work / "constraints.txt")]
-    return subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=work)
+    return subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=work, env=uv_environment())
 
 
 def _locked(data: dict, local: dict[str, LocalWheel]) -> tuple[tuple[LockedPackage, ...], dict[str, str]]:

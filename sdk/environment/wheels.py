@@ -3,8 +3,10 @@ modules become wheel files the VMs install like any other.
 
 A local package is built from a snapshot of its source (the files git tracks or would track, or, outside git,
 every file but caches, virtualenvs and build output) so the build never writes into the developer's tree, and
-the same file list gives the source's content hash (an unchanged package is not rebuilt). A wheel whose tag is
-not ``…-none-any`` holds compiled code for this machine only: on VMs of another architecture it is refused.
+the same file list gives the source's content hash (an unchanged package is not rebuilt). A local wheel whose
+platform tag (PEP 425/600/656) is not ``any`` must be one the VMs run: glibc Linux (``manylinux_*`` up to the
+VMs' baseline, or ``linux_*`` as built on a Linux machine) of their architecture. Any other (``macosx_…``,
+``win_amd64``, ``musllinux_…``, another architecture) is refused before launch: it would fail the VMs' install.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import base64
 import hashlib
 import io
 import os
-import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -21,15 +23,18 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdk.environment.capture import CapturedEnvironment, Package, canonical
+from sdk.environment.capture import SKIPPED_DIRS, CapturedEnvironment, Package, canonical
 from sdk.errors import SdkError
 
 MODULES_DISTRIBUTION = "vmguard-workdir"
-"""The name of the wheel that carries the working directory's top-level modules."""
-_SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", ".venv", "venv", "env", "build", "dist", "__pycache__",
-                           "node_modules", ".mypy_cache", ".pytest_cache", ".ruff_cache", ".tox", ".nox",
-                           ".ipynb_checkpoints", ".hypothesis"})
+"""The name of the wheel that carries the working directory's top-level modules and packages."""
 _ARCHES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
+MANYLINUX = "2_28"
+"""The glibc baseline of the VMs' wheels: Amazon Linux 2023 has glibc 2.34, Ubuntu 22.04 2.35."""
+_LEGACY_MANYLINUX = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+_LINUX_TAG = re.compile(r"^(?P<libc>manylinux|musllinux)_(?P<major>\d+)_(?P<minor>\d+)_(?P<arch>\w+)$"
+                        r"|^(?P<legacy>manylinux1|manylinux2010|manylinux2014)_(?P<legacy_arch>\w+)$"
+                        r"|^linux_(?P<plain_arch>\w+)$")
 
 
 def normalize_arch(arch: str) -> str:
@@ -38,10 +43,6 @@ def normalize_arch(arch: str) -> str:
         return _ARCHES[arch.lower()]
     except KeyError:
         raise SdkError(f"architecture {arch!r} is not one vmguard launches; use x86_64 or aarch64") from None
-
-
-def host_arch() -> str:
-    return _ARCHES.get(platform.machine().lower(), platform.machine().lower())
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def source_files(source: Path) -> list[Path]:
         return sorted(p for p in files if (source / p).is_file() and not _skipped(p))
     found = []
     for root, dirs, names in os.walk(source):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_DIRS and not d.endswith(".egg-info"))
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS and not d.endswith(".egg-info"))
         for name in names:
             if name.endswith((".pyc", ".pyo")):
                 continue
@@ -88,7 +89,7 @@ def source_files(source: Path) -> list[Path]:
 
 
 def _skipped(path: Path) -> bool:
-    return any(part in _SKIPPED_DIRS or part.endswith(".egg-info") for part in path.parts[:-1])
+    return any(part in SKIPPED_DIRS or part.endswith(".egg-info") for part in path.parts[:-1])
 
 
 def source_hash(source: Path) -> str:
@@ -120,11 +121,17 @@ def file_hash(path: Path) -> str:
     return digest.hexdigest()
 
 
-def modules_hash(modules: tuple[Path, ...]) -> str:
+def modules_hash(modules: tuple[Path, ...], root: Path) -> str:
+    """sha256 over the modules' paths (relative to ``root``, the working directory) and contents."""
     digest = hashlib.sha256()
     for path in modules:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(module_name(path, root).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def module_name(path: Path, root: Path) -> str:
+    """The module file's path in the wheel: relative to the working directory (``mypkg/sub/__init__.py``)."""
+    return path.relative_to(root).as_posix()
 
 
 # -- building -------------------------------------------------------------------------------------------------------
@@ -148,15 +155,90 @@ def build_local_wheels(env: CapturedEnvironment, arch: str, out: Path, uv: str,
     for source in extra_sources:
         wheels.append(_build_source(None, source, out, uv))
     if env.modules:
-        wheels.append(modules_wheel(env.modules, out))
-    target = normalize_arch(arch)
-    compiled = [w for w in wheels if not w.pure and target != host_arch()]
-    if compiled:
-        names = ", ".join(f"{w.name} ({w.path.name}, from {w.origin})" for w in compiled)
-        raise SdkError(f"compiled local package(s) built on this {host_arch()} machine cannot run on {target} VMs: "
-                       f"{names}; launch {host_arch()} VMs (arm={host_arch() == 'aarch64'}) or publish "
-                       f"{target} wheels of it to an index")
+        wheels.append(modules_wheel(env.modules, out, env.workdir))
+    check_platforms(wheels, normalize_arch(arch))
     return wheels
+
+
+# -- the platform check ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LinuxTag:
+    """A Linux platform tag: ``glibc`` (manylinux, or ``linux_*`` as built here) or ``musl``, its arch and, for
+    manylinux, the glibc it needs."""
+
+    libc: str
+    arch: str
+    glibc: tuple[int, int] | None = None
+
+
+def linux_tag(tag: str) -> LinuxTag | None:
+    """The Linux platform tag ``tag`` (PEP 600 ``manylinux_2_28_x86_64``, its legacy aliases, PEP 656
+    ``musllinux_1_2_aarch64``, ``linux_x86_64``), or None when it is not Linux (``macosx_14_0_arm64``)."""
+    match = _LINUX_TAG.match(tag)
+    if match is None:
+        return None
+    if match["legacy"]:
+        return LinuxTag("glibc", _arch_name(match["legacy_arch"]), _LEGACY_MANYLINUX[match["legacy"]])
+    if match["plain_arch"]:
+        return LinuxTag("glibc", _arch_name(match["plain_arch"]))
+    if match["libc"] == "musllinux":
+        return LinuxTag("musl", _arch_name(match["arch"]))
+    return LinuxTag("glibc", _arch_name(match["arch"]), (int(match["major"]), int(match["minor"])))
+
+
+def _arch_name(arch: str) -> str:
+    return _ARCHES.get(arch.lower(), arch.lower())
+
+
+def check_platforms(wheels: list[LocalWheel], target: str) -> None:
+    """``SdkError`` (one line, naming each wheel and the fix) when a local wheel cannot run on Linux ``target`` VMs.
+
+    Checked before launch because the VMs' ``uv pip sync`` would refuse it and the VM would power off.
+    """
+    refused = [(wheel, reason) for wheel in wheels if (reason := platform_problem(wheel, target))]
+    if not refused:
+        return
+    listed = "; ".join(f"{w.name} ({w.path.name}, from {w.origin}) {reason}" for w, reason in refused)
+    fix = (f"build it for Linux {target} (e.g. with cibuildwheel, or `uv build` in a manylinux_{MANYLINUX} "
+           "container), publish that wheel to the package index and install it here from the index")
+    other = _other_vms(refused, target)
+    if other:
+        fix += f", or launch {other} VMs (arm={other == 'aarch64'})"
+    raise SdkError(f"local wheel(s) that cannot run on the Linux {target} VMs: {listed}: {fix}")
+
+
+def _other_vms(refused: list[tuple[LocalWheel, str]], target: str) -> str | None:
+    """The other architecture vmguard launches when every refused wheel is glibc Linux for it (and only it)."""
+    arches = {t.arch for wheel, _ in refused for t in _linux_tags(wheel) if t.libc == "glibc"}
+    glibc_only = all(t.libc == "glibc" for wheel, _ in refused for t in _linux_tags(wheel))
+    every_linux = all(_linux_tags(wheel) for wheel, _ in refused)
+    if len(arches) == 1 and glibc_only and every_linux and target not in arches and arches <= set(_ARCHES.values()):
+        return arches.pop()
+    return None
+
+
+def platform_problem(wheel: LocalWheel, target: str) -> str | None:
+    """Why the VMs (glibc Linux ``target``, manylinux baseline ``MANYLINUX``) cannot run ``wheel``; None if they can."""
+    if wheel.pure:
+        return None
+    tags = _linux_tags(wheel)
+    baseline = tuple(int(part) for part in MANYLINUX.split("_"))
+    if any(t.libc == "glibc" and t.arch == target and (t.glibc or (0, 0)) <= baseline for t in tags):
+        return None
+    if not tags:
+        return f"is built for {wheel.tags[2]}, not Linux"
+    if not any(t.libc == "glibc" for t in tags):
+        return "is built for musl libc (musllinux); the VMs run glibc Linux"
+    if not any(t.arch == target for t in tags if t.libc == "glibc"):
+        return f"is built for Linux {'/'.join(sorted({t.arch for t in tags}))}, not {target}"
+    needed = min(t.glibc for t in tags if t.libc == "glibc" and t.arch == target and t.glibc)
+    return f"needs glibc {needed[0]}.{needed[1]}, newer than the VMs' manylinux_{MANYLINUX}"
+
+
+def _linux_tags(wheel: LocalWheel) -> list[LinuxTag]:
+    """The Linux tags among the wheel's platform tags (a compressed tag set like ``a.b`` has several)."""
+    return [tag for name in wheel.tags[2].split(".") if (tag := linux_tag(name)) is not None]
 
 
 def _build_source(name: str | None, source: Path, out: Path, uv: str) -> LocalWheel:
@@ -211,14 +293,16 @@ def _uv_build(name: str | None, source: Path, out: Path, uv: str, origin: str) -
     return LocalWheel(wheel_name, fields[1], target, origin)
 
 
-def modules_wheel(modules: tuple[Path, ...], out: Path) -> LocalWheel:
-    """A pure wheel of top-level modules (named ``vmguard-workdir``, versioned by their content)."""
-    version = f"0+{modules_hash(modules)[:12]}"
+def modules_wheel(modules: tuple[Path, ...], out: Path, root: Path) -> LocalWheel:
+    """A pure wheel of the working directory ``root``'s modules and packages' files (named ``vmguard-workdir``,
+    versioned by their content), each at its path relative to ``root``."""
+    version = f"0+{modules_hash(modules, root)[:12]}"
     stem = f"{MODULES_DISTRIBUTION.replace('-', '_')}-{version}"
     info = f"{stem}.dist-info"
-    files: dict[str, bytes] = {path.name: path.read_bytes() for path in modules}
+    files: dict[str, bytes] = {module_name(path, root): path.read_bytes() for path in modules}
     files[f"{info}/METADATA"] = (f"Metadata-Version: 2.1\nName: {MODULES_DISTRIBUTION}\nVersion: {version}\n"
-                                 "Summary: the working directory's modules, carried to the VMs\n").encode()
+                                 "Summary: the working directory's modules and packages, carried to the VMs\n"
+                                 ).encode()
     files[f"{info}/WHEEL"] = (b"Wheel-Version: 1.0\nGenerator: vmguard\nRoot-Is-Purelib: true\n"
                               b"Tag: py3-none-any\n")
     record = io.StringIO()

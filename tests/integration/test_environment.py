@@ -96,6 +96,9 @@ def developer(tmp_path_factory: pytest.TempPathFactory) -> Developer:
             _write_local_package(source)
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / "helpers.py").write_text("VALUE = 'helpers from the working directory'\n")
+            (workdir / "mypkg" / "sub").mkdir(parents=True, exist_ok=True)
+            (workdir / "mypkg" / "__init__.py").write_text("")
+            (workdir / "mypkg" / "sub" / "__init__.py").write_text("VALUE = 'a package of the working directory'\n")
             # this interpreter's versions of everything the two environments share (dask, cloudpickle, vmguard's
             # dependencies): the client here and the VMs replicated from that venv must match
             pins = shared / "this-interpreter.txt"
@@ -129,7 +132,8 @@ def test_the_developer_environment_is_captured_and_classified(developer: Develop
     assert env.python_minor == f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert env.get("vmguard").kind == "editable" and env.get("vmg-localpkg").kind == "editable"
     assert {env.get(name).kind for name in ("numpy", "pandas", "dask", "distributed")} == {"index"}
-    assert [m.name for m in env.modules] == ["helpers.py"]
+    assert [m.relative_to(developer.workdir).as_posix() for m in env.modules] == [
+        "helpers.py", "mypkg/__init__.py", "mypkg/sub/__init__.py"]
     assert env.get("numpy").version == _version_in(developer.python, "numpy")
 
 
@@ -146,7 +150,7 @@ def test_a_lock_for_each_architecture_pins_only_that_platforms_wheels(developer:
     assert {"numpy", "pandas", "dask", "distributed", "vmguard", "vmg-localpkg", "vmguard-workdir"} <= \
         set(bundle.packages)
     for line in bundle.requirements.splitlines():
-        if line and not line.startswith("#"):
+        if line and not line.startswith(("#", "--index-url ", "--extra-index-url ")):
             assert "==" in line or " @ ./wheels/" in line, line
 
     # every pinned package has a wheel, and every wheel is for the target (or for any platform)
@@ -177,9 +181,9 @@ def test_a_captured_environment_installs_into_a_brand_new_venv(developer: Develo
     python = install(bundle.path, tmp_path / "vm-venv", developer.env.python_minor, expected_hash=bundle.hash)
     assert not list((tmp_path / "vm-venv").rglob("*.pyc"))  # no bytecode compiled at install
     probe = ("import json, sys, importlib.metadata as m, numpy, pandas, dask, distributed, vmg_localpkg, helpers, "
-             "sdk.vm; print(json.dumps({'prefix': sys.prefix, 'numpy': numpy.__version__, 'pandas': "
+             "mypkg.sub, sdk.vm; print(json.dumps({'prefix': sys.prefix, 'numpy': numpy.__version__, 'pandas': "
              "pandas.__version__, 'dask': dask.__version__, 'local': vmg_localpkg.VALUE, 'local_file': "
-             "vmg_localpkg.__file__, 'helpers': helpers.VALUE, 'sdk': sdk.vm.__file__}))")
+             "vmg_localpkg.__file__, 'helpers': helpers.VALUE, 'sdk': sdk.vm.__file__, 'mypkg': mypkg.sub.VALUE}))")
     seen = json.loads(subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=True,
                                      cwd=tmp_path, env={"PATH": os.environ["PATH"]}).stdout)
     assert Path(seen["prefix"]) == tmp_path / "vm-venv"
@@ -189,6 +193,7 @@ def test_a_captured_environment_installs_into_a_brand_new_venv(developer: Develo
     # the editable package and the SDK came as wheels: installed in the venv, not imported from their sources
     assert seen["local"] == "from the editable source" and seen["local_file"].startswith(str(tmp_path / "vm-venv"))
     assert seen["sdk"].startswith(str(tmp_path / "vm-venv")) and seen["helpers"].startswith("helpers from")
+    assert seen["mypkg"] == "a package of the working directory"
     # installing the same bundle again keeps the finished venv
     started = time.monotonic()
     assert install(bundle.path, tmp_path / "vm-venv", developer.env.python_minor, expected_hash=bundle.hash) == python
@@ -216,8 +221,9 @@ def test_a_compiled_local_package_is_refused_for_another_architecture(tmp_path: 
         build_bundle(env, "aarch64", cache=tmp_path / "cache")
     message = str(caught.value)
     assert "\n" not in message
-    assert "compiled local package(s) built on this x86_64 machine cannot run on aarch64 VMs: fastmod" in message
-    assert "arm=False" in message and "linux_x86_64" in message
+    assert message.startswith("local wheel(s) that cannot run on the Linux aarch64 VMs: fastmod (fastmod-1.0-")
+    assert "linux_x86_64.whl" in message and "is built for Linux x86_64, not aarch64" in message
+    assert "cibuildwheel" in message and "launch x86_64 VMs (arm=False)" in message
 
 
 def test_a_package_without_a_wheel_for_the_target_is_reported_before_launch(tmp_path: Path) -> None:
@@ -362,16 +368,17 @@ def test_sandbox_vms_run_in_the_replicated_environment(developer: Developer, san
                 client.wait_for_workers(1, timeout=60)
                 versions = check_versions(client)  # the same Python minor, Dask, cloudpickle, msgpack, vmguard
 
-                def where() -> tuple[str, str, str, str]:
+                def where() -> tuple[str, str, str, str, str]:
                     import importlib.metadata as metadata
                     import sys
 
                     import helpers
+                    import mypkg.sub
                     import vmg_localpkg
 
-                    return sys.prefix, metadata.version("numpy"), vmg_localpkg.VALUE, helpers.VALUE
+                    return sys.prefix, metadata.version("numpy"), vmg_localpkg.VALUE, helpers.VALUE, mypkg.sub.VALUE
 
-                prefix, numpy_version, local, helper = client.submit(where, pure=False).result(timeout=60)
+                prefix, numpy_version, local, helper, package = client.submit(where, pure=False).result(timeout=60)
                 scheduler_prefix = client.run_on_scheduler(lambda: __import__("sys").prefix)
         finally:
             ec2.terminate_instances(InstanceIds=[scheduler_id, worker_id])
@@ -379,6 +386,7 @@ def test_sandbox_vms_run_in_the_replicated_environment(developer: Developer, san
     assert Path(prefix) == venv and Path(scheduler_prefix) == venv and prefix != sys.prefix
     assert numpy_version == developer.env.get("numpy").version
     assert local == "from the editable source" and helper.startswith("helpers from")
+    assert package == "a package of the working directory"
     worker_versions = next(iter(versions["workers"].values()))["packages"]
     assert worker_versions["vmguard"] == "0.1.0" and worker_versions["numpy"] == numpy_version
 

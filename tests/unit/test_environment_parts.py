@@ -106,7 +106,7 @@ def test_working_directory_modules_and_lock_files(tmp_path: Path) -> None:
 
 def test_the_modules_wheel_is_a_valid_pure_wheel(tmp_path: Path) -> None:
     (tmp_path / "helpers.py").write_text("VALUE = 42\n")
-    wheel = modules_wheel((tmp_path / "helpers.py",), tmp_path)
+    wheel = modules_wheel((tmp_path / "helpers.py",), tmp_path, tmp_path)
     assert wheel.pure and wheel.name == "vmguard-workdir"
     with zipfile.ZipFile(wheel.path) as archive:
         names = archive.namelist()
@@ -115,7 +115,7 @@ def test_the_modules_wheel_is_a_valid_pure_wheel(tmp_path: Path) -> None:
     digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
     assert f"helpers.py,sha256={digest},{len(data)}" in record
     (tmp_path / "again").mkdir()
-    again = modules_wheel((tmp_path / "helpers.py",), tmp_path / "again")
+    again = modules_wheel((tmp_path / "helpers.py",), tmp_path / "again", tmp_path)
     assert again.path.read_bytes() == wheel.path.read_bytes()  # same modules, same wheel, same hash
 
 

@@ -35,7 +35,7 @@ class Quota:
 
 
 _STANDARD = "standard"
-_QUOTAS: Mapping[tuple[str, bool], Quota] = {
+QUOTAS: Mapping[tuple[str, bool], Quota] = {
     (_STANDARD, False): Quota("L-1216C47A", "Running On-Demand Standard (A, C, D, H, I, M, R, T, Z) instances"),
     (_STANDARD, True): Quota("L-34B43A08", "All Standard (A, C, D, H, I, M, R, T, Z) Spot Instance Requests"),
     ("g", False): Quota("L-DB2E81BA", "Running On-Demand G and VT instances"),
@@ -65,7 +65,7 @@ def instance_class(instance_type: str) -> str | None:
 def quota_for(instance_type: str, spot: bool) -> Quota | None:
     """The vCPU quota that instances of this type in this market count against (None: one vmguard does not name)."""
     kind = instance_class(instance_type)
-    return _QUOTAS.get((kind, spot)) if kind else None
+    return QUOTAS.get((kind, spot)) if kind else None
 
 
 def read_quota(client: Any, quota: Quota) -> float | None:

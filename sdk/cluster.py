@@ -50,9 +50,8 @@ class Cluster:
 
     Accepts the arguments of :class:`sdk.spec.ClusterSpec` (``vm_type`` or ``cpu``/``memory``/``gpu``/``arm``,
     ``region``, ``n_workers``, ``min_workers``, ``keepalive``, ``idle_timeout``, ``max_lifetime``, ``spot_policy``,
-    ``disk_size``,
-    ``tags``, ``max_hourly_usd``, ``allow_ingress_from``, ``daemon_url``/``token`` …). A wrong argument raises
-    :class:`sdk.SdkError` with one line before anything is launched.
+    ``disk_size``, ``tags``, ``max_hourly_usd``, ``allow_ingress_from``, ``daemon_url``/``token`` …). A wrong argument
+    raises :class:`sdk.SdkError` with one line before anything is launched.
     """
 
     def __init__(self, *, console: Console | None = None, **kwargs: Any):

@@ -77,7 +77,8 @@ QUOTA_RETRIES = 3
 """RunInstances calls sized to a vCPU quota after it refused, before the market is given up."""
 MARKETS = {"on-demand": (False,), "spot": (True,), "spot_with_fallback": (True, False)}
 """Per spot policy, the workers' markets in the order they are tried (True: spot)."""
-_QUOTAS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 2})
+_QUOTAS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=5, read_timeout=10)
+"""Service Quotas is read best effort: a region without its endpoint must not hold the launch up for minutes."""
 TERMINATE_BATCH = 1000
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 LAST_RESORT_TIMEOUT = 120.0
@@ -318,8 +319,7 @@ class _Run:
     def _read_quotas(self) -> None:
         """The values of the vCPU quotas this launch counts against (best effort: None where unreadable)."""
         markets = {False, *MARKETS[self.spec.spot_policy]}
-        for quota in {quota_for(name, spot) for name in self.types for spot in markets} - {None}:
-            assert quota is not None
+        for quota in filter(None, {quota_for(name, spot) for name in self.types for spot in markets}):
             self.quota_values[quota.code] = read_quota(self.quotas, quota)
 
     def _note_quota(self, instance_type: str, spot: bool) -> Quota | None:

@@ -18,6 +18,7 @@ from guard.sandbox import SandboxServer
 from guard.sandbox.server import Reply, ServedRequest
 from sdk.errors import CapacityError, SdkError
 from sdk.launch import MAX_WORKER_CALLS, QUOTA_RETRIES, PartialLaunch, launch, teardown
+from sdk.quotas import instance_class
 from sdk.spec import ClusterSpec
 
 pytestmark = pytest.mark.integration
@@ -201,3 +202,13 @@ def test_min_workers_is_checked_in_one_line(kwargs: dict[str, Any], message: str
 def test_min_workers_defaults_to_every_worker() -> None:
     assert _spec(n_workers=7).required_workers == 7
     assert _spec(n_workers=7, min_workers=2).required_workers == 2
+
+
+@pytest.mark.parametrize(("instance_type", "kind"), [
+    ("m7g.large", "standard"), ("c7i.xlarge", "standard"), ("t3.micro", "standard"), ("im4gn.large", "standard"),
+    ("z1d.large", "standard"), ("g5.xlarge", "g"), ("g5g.xlarge", "g"), ("vt1.3xlarge", "g"), ("p4d.24xlarge", "p"),
+    ("inf2.xlarge", None), ("trn1.2xlarge", None), ("dl1.24xlarge", None), ("hpc7g.4xlarge", None),
+    ("mac1.metal", None), ("x2idn.16xlarge", None), ("u-6tb1.metal", None), ("f1.2xlarge", None),
+])
+def test_each_instance_type_counts_against_its_class_quota(instance_type: str, kind: str | None) -> None:
+    assert instance_class(instance_type) == kind

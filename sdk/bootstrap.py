@@ -4,6 +4,8 @@ On boot it arms ``shutdown -h +<max_lifetime>`` (a hard cap nothing can extend),
 through IMDSv2, runs the on-VM agent ``python3 -m sdk.vm`` (the Dask scheduler or worker, which exits when no client
 has been connected for ``keepalive``, when idle for ``idle_timeout``, or when its scheduler is gone) and then
 ``shutdown -h now``. With ``InstanceInitiatedShutdownBehavior=terminate`` each shutdown terminates the VM.
+Everything the script and the agent print goes to ``/var/log/vmguard-boot.log`` and to the serial console, so a VM
+that failed to boot leaves its last words in ``GetConsoleOutput`` after it is gone (``sdk.console``).
 
 User-data is readable by anything on the VM that can reach the metadata service, so it holds no secret: the
 config is the cluster's id, ports, timeouts and log level, and ``user_data`` refuses keys that look like secrets.
@@ -33,6 +35,9 @@ if TYPE_CHECKING:
     from sdk.spec import ClusterSpec
 
 CONFIG_PREFIX = "# vmguard-vm-config: "
+BOOT_LOG = "/var/log/vmguard-boot.log"
+CONSOLE = "/dev/console"
+"""The kernel's console: on EC2 the serial console, which ``ec2:GetConsoleOutput`` returns (its last 64 KB)."""
 SCHEDULER_PORT = 8786
 DASHBOARD_PORT = 8787
 MAX_USER_DATA_BYTES = 16 * 1024
@@ -116,7 +121,7 @@ def user_data(config: dict[str, Any], scheduler_address: str | None) -> str:
         "# vmguard: one VM of a guarded Dask cluster. No secrets here: user-data is readable on the VM.",
         f"{CONFIG_PREFIX}{line}",
         "set -u",
-        "exec >>/var/log/vmguard-boot.log 2>&1",
+        f"exec > >(tee -a {BOOT_LOG} {CONSOLE} >/dev/null) 2>&1",
     ]
     if max_lifetime:
         minutes = max(1, math.ceil(max_lifetime / 60))

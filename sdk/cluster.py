@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from guard.wire import ClusterRegistration, Heartbeat
+from sdk.console import BootWatch
 from sdk.cost import VerboseLogging, check_cap, debug_logging_warning, estimate_cost
 from sdk.daemon_client import DaemonClient
 from sdk.environment.versions import check_versions
@@ -56,9 +57,9 @@ class Cluster:
     """Launch a cluster (one scheduler, ``n_workers`` workers); use it with ``get_client()``; ``close()`` ends it.
 
     Accepts the arguments of :class:`sdk.spec.ClusterSpec` (``vm_type`` or ``cpu``/``memory``/``gpu``/``arm``,
-    ``region``, ``n_workers``, ``keepalive``, ``idle_timeout``, ``max_lifetime``, ``spot_policy``, ``disk_size``,
-    ``tags``, ``max_hourly_usd``, ``allow_ingress_from``, ``daemon_url``/``token`` …). A wrong argument raises
-    :class:`sdk.SdkError` with one line before anything is launched.
+    ``region``, ``n_workers``, ``min_workers``, ``keepalive``, ``idle_timeout``, ``max_lifetime``, ``spot_policy``,
+    ``disk_size``, ``tags``, ``max_hourly_usd``, ``allow_ingress_from``, ``daemon_url``/``token`` …). A wrong argument
+    raises :class:`sdk.SdkError` with one line before anything is launched.
     """
 
     def __init__(self, *, console: Console | None = None, **kwargs: Any):
@@ -226,13 +227,16 @@ class Cluster:
         """The scheduler's address once a Dask client can connect to it (the VM has booted and started Dask).
 
         The address is read again from EC2 each time: an instance's public IP may come (or change) after launch.
+        A VM of the cluster that ended meanwhile fails the wait at once, quoting its console (``BootWatch``).
         """
         from distributed import Client
 
         deadline = time.monotonic() + self.spec.boot_timeout.total_seconds()
         last_error = "no address yet"
+        watch = BootWatch(self._ec2, self.cluster_id)
         with self.console.status(f"waiting for the scheduler of {self.cluster_id} to boot…"):
             while time.monotonic() < deadline:
+                watch.check()
                 try:
                     host = self._refresh_scheduler_ip()
                 except (ClientError, BotoCoreError, IndexError, KeyError) as exc:  # not visible yet, or a blip

@@ -18,12 +18,18 @@ Calls: the scheduler with one RunInstances (count 1), then every worker in ONE R
 in the scheduler's subnet — all or nothing, so a cluster that fits stays in one AZ and pays no cross-AZ transfer.
 Only when that is refused for capacity does it fall back, each call asking for what is still missing with
 ``MinCount=1``: the same AZ again, then the other default subnets, then the next type of the list, and for
-``spot_with_fallback`` the same again on-demand. RunInstances rather than CreateFleet: CreateFleet needs a launch
-template (one more resource to leak), and tags only instances on creation.
+``spot_with_fallback`` the same again on-demand. Each market has its own budget of ``MAX_WORKER_CALLS`` calls, so
+spot refused everywhere still ends in on-demand workers. A vCPU quota refusal (``VcpuLimitExceeded``) ends its
+market after at most ``QUOTA_RETRIES`` calls asking for exactly as many workers as the quota admits (its value,
+read from Service Quotas before launch, less the vCPUs the region's instances use already; halved when unknown or
+refused again). RunInstances rather than CreateFleet: CreateFleet needs a launch template (one more resource to
+leak), and tags only instances on creation.
 
-A cluster that ends up with fewer workers than asked is returned with a :class:`PartialLaunch` warning saying so;
-one whose scheduler, or every worker, could not launch is torn down (instances found by the cluster tag too, so a
-launch whose reply was lost is not leaked) and an ``SdkError`` says what happened. A cleanup cut short by a second
+A cluster that ends up with fewer workers than asked but at least ``min_workers`` is returned with a
+:class:`PartialLaunch` warning saying so; one whose scheduler could not launch, or with fewer workers than
+``min_workers`` (by default all of them), is torn down (instances found by the cluster tag too, so a launch whose
+reply was lost is not leaked) and an ``SdkError`` says what happened, naming any vCPU quota that refused (its
+code, value and the page where an increase is asked for: :mod:`sdk.quotas`). A cleanup cut short by a second
 Ctrl-C is done again, bounded, when the interpreter exits.
 
 Before launching, the owner's security groups left by clusters that ended on their own (the VMs' dead-man switch,
@@ -43,11 +49,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import boto3
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from guard.wire import OWNER_TAG
 from sdk.bootstrap import DASHBOARD_PORT, SCHEDULER_PORT, user_data, vm_config
 from sdk.errors import CapacityError, SdkError
+from sdk.quotas import Quota, admitted, describe, quota_for, read_quota, vcpus_in_use
 from sdk.spec import ClusterSpec
 from sdk.types import InstanceType, describe_types
 
@@ -63,7 +72,13 @@ METADATA_OPTIONS = {"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "Htt
                     "InstanceMetadataTags": "disabled"}
 ROOT_VOLUME_TYPE = "gp3"
 MAX_WORKER_CALLS = 16
-"""RunInstances calls for the workers before settling for what launched."""
+"""RunInstances calls for the workers in each market before settling for what launched."""
+QUOTA_RETRIES = 3
+"""RunInstances calls sized to a vCPU quota after it refused, before the market is given up."""
+MARKETS = {"on-demand": (False,), "spot": (True,), "spot_with_fallback": (True, False)}
+"""Per spot policy, the workers' markets in the order they are tried (True: spot)."""
+_QUOTAS_CONFIG = Config(retries={"mode": "standard", "max_attempts": 2}, connect_timeout=5, read_timeout=10)
+"""Service Quotas is read best effort: a region without its endpoint must not hold the launch up for minutes."""
 TERMINATE_BATCH = 1000
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 LAST_RESORT_TIMEOUT = 120.0
@@ -131,6 +146,7 @@ class _Refused(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.quota = quota
+        """A quota refusal: the same market refuses again anywhere in the region."""
 
 
 # -- the launch -------------------------------------------------------------------------------------------------
@@ -139,7 +155,8 @@ class _Refused(Exception):
 def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, client_cidrs: Sequence[str],
            ec2_client: Any, progress: Progress | None = None, *,
            image_ids: dict[str, str] | None = None,
-           environments: dict[str, dict[str, Any]] | None = None, tls: dict[str, str] | None = None) -> Launched:
+           environments: dict[str, dict[str, Any]] | None = None, tls: dict[str, str] | None = None,
+           quotas_client: Any = None) -> Launched:
     """Launch the scheduler and ``spec.n_workers`` workers of ``cluster_id``; see the module docstring.
 
     ``instance_types``: first choice first (later ones are fallbacks). ``client_cidrs``: who may reach the
@@ -147,7 +164,8 @@ def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, cl
     Amazon Linux 2023. ``environments``: per architecture, the replicated Python environment each VM installs
     (``sdk.environment.EnvironmentRef.to_config()``); without one, the VMs run the image's ``python3``.
     ``tls``: where every VM fetches the cluster's TLS material (``sdk.security.KeyDrop.config()``); without, the
-    cluster speaks plain TCP.
+    cluster speaks plain TCP. ``quotas_client``: a Service Quotas client for the region (by default one of the
+    default session).
     """
     types = list(dict.fromkeys(instance_types))
     if not types:
@@ -162,7 +180,8 @@ def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, cl
     if swept:
         log.info("deleted %d security group(s) left by clusters that ended on their own: %s", len(swept),
                  ", ".join(swept))
-    run = _Run(spec, cluster_id, ec2_client, types, environments or {}, tls)
+    quotas = quotas_client or boto3.client("service-quotas", region_name=spec.region, config=_QUOTAS_CONFIG)
+    run = _Run(spec, cluster_id, ec2_client, types, environments or {}, tls, quotas)
     atexit.register(run.last_resort)  # a second Ctrl-C that cuts the cleanup below short still cleans up at exit
     try:
         report(0, total, f"{cluster_id}: preparing the network")
@@ -173,15 +192,14 @@ def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, cl
         report(1, total, f"{cluster_id}: launching {spec.n_workers} worker(s)")
         run.launch_workers(lambda: report(1 + len(run.workers), total,
                                           f"{cluster_id}: {len(run.workers)} of {spec.n_workers} worker(s) launched"))
-        if spec.n_workers and not run.workers:
-            raise CapacityError(f"could not launch any of the {spec.n_workers} worker(s) of {cluster_id}: "
-                           f"{'; '.join(run.problems[-2:]) or 'no capacity'}")
+        if len(run.workers) < spec.required_workers:
+            raise CapacityError(run.shortfall())
         run.refresh_scheduler()
         launched = Launched(cluster_id=cluster_id, region=spec.region, security_group_id=run.security_group_id or "",
                             scheduler=run.scheduler or {}, workers=run.workers, requested_workers=spec.n_workers,
                             problems=run.problems if len(run.workers) < spec.n_workers else [])
         partial = (f"{cluster_id}: launched {len(launched.workers)} of {spec.n_workers} workers "
-                   f"({'; '.join(run.problems[-2:])})") if len(launched.workers) < spec.n_workers else None
+                   f"({run.reasons()})") if len(launched.workers) < spec.n_workers else None
         report(1 + len(launched.workers), total,
                partial or f"{cluster_id}: launched 1 scheduler and {len(launched.workers)} worker(s)")
     except BaseException as exc:
@@ -203,8 +221,13 @@ class _Run:
     """The state of one launch, so a failure at any step can undo exactly what was made."""
 
     def __init__(self, spec: ClusterSpec, cluster_id: str, ec2: Any, types: list[str],
-                 environments: dict[str, dict[str, Any]], tls: dict[str, str] | None) -> None:
+                 environments: dict[str, dict[str, Any]], tls: dict[str, str] | None, quotas: Any) -> None:
         self.spec = spec
+        self.quotas = quotas
+        self.quota_values: dict[str, float | None] = {}
+        """Quota code → its value read before launch (None: not readable)."""
+        self.quota_notes: dict[str, str] = {}
+        """Quota code → the phrase naming it, for each quota that refused a call."""
         self.environments = environments
         self.tls = tls
         self.cluster_id = cluster_id
@@ -235,6 +258,7 @@ class _Run:
             self.images[arch] = self._image(arch, (image_ids or {}).get(arch))
         self._default_subnets()
         self._offerings()
+        self._read_quotas()
 
     def _image(self, arch: str, image_id: str | None) -> _Image:
         if image_id:
@@ -295,6 +319,31 @@ class _Run:
         if not any(self.zones.values()):
             raise SdkError(f"no AZ of the default VPC in {self.spec.region} offers {', '.join(self.types)}; "
                            "pass another vm_type")
+
+    def _read_quotas(self) -> None:
+        """The values of the vCPU quotas this launch counts against (best effort: None where unreadable)."""
+        markets = {False, *MARKETS[self.spec.spot_policy]}
+        for quota in filter(None, {quota_for(name, spot) for name in self.types for spot in markets}):
+            self.quota_values[quota.code] = read_quota(self.quotas, quota)
+
+    def _note_quota(self, instance_type: str, spot: bool) -> Quota | None:
+        """Remember the quota that refused ``instance_type`` in this market, for the messages; the quota."""
+        quota = quota_for(instance_type, spot)
+        if quota is not None:
+            self.quota_notes[quota.code] = describe(quota, self.quota_values.get(quota.code), self.spec.region)
+        return quota
+
+    def reasons(self) -> str:
+        """Why fewer VMs launched than asked: the last refusals, and every quota that refused."""
+        return "; ".join([*self.problems[-2:], *self.quota_notes.values()]) or "no capacity"
+
+    def shortfall(self) -> str:
+        """The error of a launch with fewer workers than ``min_workers``."""
+        wanted, got, required = self.spec.n_workers, len(self.workers), self.spec.required_workers
+        if not got:
+            return f"could not launch any of the {wanted} worker(s) of {self.cluster_id}: {self.reasons()}"
+        return (f"launched only {got} of the {wanted} worker(s) of {self.cluster_id}, fewer than min_workers="
+                f"{required} (pass min_workers={got} to accept that many): {self.reasons()}")
 
     # -- what is launched -----------------------------------------------------------------------------------
 
@@ -409,50 +458,92 @@ class _Run:
                 except _Refused as refused:
                     self.problems.append(f"scheduler {instance_type} in {subnet.zone}: {refused.code}")
                     if refused.quota:
+                        self._note_quota(instance_type, False)
                         break
                     continue
                 if instances:
                     self.scheduler, self.scheduler_subnet = instances[0], subnet
                     return
         raise CapacityError(f"could not launch the scheduler of {self.cluster_id} "
-                       f"({'; '.join(self.problems[-2:]) or 'no AZ offers the type'})")
+                            f"({self.reasons() if self.problems else 'no AZ offers the type'})")
 
     def launch_workers(self, launched_some: Callable[[], None]) -> None:
-        """Every worker in one call if the scheduler's AZ has room; else what is missing, AZ by AZ, type by type."""
-        wanted = self.spec.n_workers
-        if not wanted:
+        """Every worker in one call if the scheduler's AZ has room; else what is missing, AZ by AZ, type by type,
+        market by market."""
+        if not self.spec.n_workers:
             return
         assert self.scheduler is not None
         address = f"{self.scheduler['PrivateIpAddress']}:{SCHEDULER_PORT}"
-        markets = {"on-demand": [False], "spot": [True], "spot_with_fallback": [True, False]}[self.spec.spot_policy]
-        attempts: list[tuple[bool, str, _Subnet, bool]] = []  # (spot, type, subnet, all or nothing)
-        for spot in markets:
-            for instance_type in self.types:
-                places = self._places(instance_type, self.scheduler_subnet)
-                if not attempts and places:
-                    attempts.append((spot, instance_type, places[0], True))
-                attempts += [(spot, instance_type, subnet, False) for subnet in places]
-        refused_markets: set[bool] = set()
-        for spot, instance_type, subnet, all_or_nothing in attempts[:MAX_WORKER_CALLS]:
-            missing = wanted - len(self.workers)
+        for spot in MARKETS[self.spec.spot_policy]:
+            if len(self.workers) >= self.spec.n_workers:
+                return
+            self._launch_market(spot, address, launched_some)
+
+    def _attempts(self) -> list[tuple[str, _Subnet, bool]]:
+        """Where to ask, in order, as (type, subnet, all or nothing): everything in the scheduler's AZ, then each
+        AZ of each type; at most ``MAX_WORKER_CALLS``."""
+        attempts: list[tuple[str, _Subnet, bool]] = []
+        for instance_type in self.types:
+            places = self._places(instance_type, self.scheduler_subnet)
+            if not attempts and places:
+                attempts.append((instance_type, places[0], True))
+            attempts += [(instance_type, subnet, False) for subnet in places]
+        return attempts[:MAX_WORKER_CALLS]
+
+    def _launch_market(self, spot: bool, address: str, launched_some: Callable[[], None]) -> None:
+        """The missing workers in one market, within its own call budget; a quota refusal ends the market."""
+        market = "spot" if spot else "on-demand"
+        for instance_type, subnet, all_or_nothing in self._attempts():
+            missing = self.spec.n_workers - len(self.workers)
             if missing <= 0:
-                break
-            if spot in refused_markets:
-                continue
+                return
             count = (missing, missing) if all_or_nothing else (1, missing)
-            request = self._request("worker", instance_type, subnet, count, spot, address)
             try:
-                instances = self._run_instances(request)
+                self._add(self._worker_call(instance_type, subnet, count, spot, address), instance_type, subnet,
+                          count, launched_some)
             except _Refused as refused:
-                market = "spot" if spot else "on-demand"
                 self.problems.append(f"{market} {instance_type} in {subnet.zone}: {refused.code}")
                 if refused.quota:
-                    refused_markets.add(spot)
+                    self._within_quota(instance_type, subnet, spot, address, refused, launched_some)
+                    return
+
+    def _within_quota(self, instance_type: str, subnet: _Subnet, spot: bool, address: str, refused: _Refused,
+                      launched_some: Callable[[], None]) -> None:
+        """After a vCPU quota refused: as many workers as it admits, in the same place (bounded calls)."""
+        quota = self._note_quota(instance_type, spot)
+        if quota is None or refused.code != "VcpuLimitExceeded":
+            return
+        missing = self.spec.n_workers - len(self.workers)
+        count = missing // 2
+        value = self.quota_values.get(quota.code)
+        if value is not None:
+            in_use = vcpus_in_use(self.ec2, quota, {name: info.vcpus for name, info in self.infos.items()})
+            if in_use is not None:
+                count = min(missing, admitted(value, in_use, self.infos[instance_type].vcpus))
+        for _ in range(QUOTA_RETRIES):
+            if count < 1:
+                return
+            try:
+                instances = self._worker_call(instance_type, subnet, (count, count), spot, address)
+            except _Refused as again:
+                self.problems.append(f"{count} {instance_type} in {subnet.zone}: {again.code}")
+                if again.code != "VcpuLimitExceeded":
+                    return
+                count //= 2
                 continue
-            self.workers += instances
-            if len(instances) < count[1]:
-                self.problems.append(f"{instance_type} in {subnet.zone}: {len(instances)} of {count[1]} launched")
-            launched_some()
+            self._add(instances, instance_type, subnet, (count, count), launched_some)
+            return
+
+    def _worker_call(self, instance_type: str, subnet: _Subnet, count: tuple[int, int], spot: bool,
+                     address: str) -> list[dict[str, Any]]:
+        return self._run_instances(self._request("worker", instance_type, subnet, count, spot, address))
+
+    def _add(self, instances: list[dict[str, Any]], instance_type: str, subnet: _Subnet, count: tuple[int, int],
+             launched_some: Callable[[], None]) -> None:
+        self.workers += instances
+        if len(instances) < count[1]:
+            self.problems.append(f"{instance_type} in {subnet.zone}: {len(instances)} of {count[1]} launched")
+        launched_some()
 
     def refresh_scheduler(self) -> None:
         """The scheduler's public address, which AWS assigns after RunInstances answered."""

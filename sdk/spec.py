@@ -4,7 +4,8 @@
 one raises :class:`sdk.errors.SdkError` with ONE line saying what is wrong and how to fix it (an unknown argument
 gets a "did you mean"). Defaults are chosen to be safe and cheap without thinking:
 
-- ``n_workers=1``: the smallest cluster that runs anything; ask for more.
+- ``n_workers=1``: the smallest cluster that runs anything; ask for more. ``min_workers=None``: all of them or
+  the launch fails; a number lets a launch short of capacity or vCPU quota go ahead with at least that many.
 - ``keepalive="20 minutes"``: the cluster shuts down that long after its client stopped heartbeating.
 - ``idle_timeout="1 hour"``: and when no task ran for that long (``None``: never for idleness).
 - ``max_lifetime="24h"``: a hard cap armed on every VM at boot; it cannot be turned off.
@@ -184,6 +185,8 @@ class ClusterSpec(BaseModel):
     fallback_regions: list[str] = Field(default_factory=list, description="tried in order, each only when the one "
                                         "before had no capacity (``region=[a, b, c]`` sets it to [b, c])")
     n_workers: int = Field(1, description="workers besides the scheduler")
+    min_workers: int | None = Field(None, description="launch with fewer workers (down to this many) when "
+                                    "capacity or a vCPU quota admits only part; None: all n_workers or none")
     keepalive: Duration = Field(timedelta(minutes=20), description="shut down this long after heartbeats stop")
     idle_timeout: Duration | None = Field(timedelta(hours=1), description="shut down when idle this long")
     max_lifetime: Duration = Field(timedelta(hours=24), description="hard cap armed on every VM at boot")
@@ -310,6 +313,13 @@ class ClusterSpec(BaseModel):
         if not _is_int(value) or not 0 <= int(value) <= MAX_WORKERS:
             raise ValueError(f"n_workers={value!r} must be a whole number from 0 to {MAX_WORKERS:,}")
         return int(value)
+
+    @field_validator("min_workers", mode="before")
+    @classmethod
+    def _min_workers(cls, value: object) -> int | None:
+        if value is not None and (not _is_int(value) or int(value) < 1):
+            raise ValueError(f"min_workers={value!r} must be a whole number from 1 to n_workers, or None for all")
+        return None if value is None else int(value)
 
     @field_validator("keepalive", "idle_timeout", "max_lifetime", "boot_timeout", mode="before")
     @classmethod
@@ -489,6 +499,13 @@ class ClusterSpec(BaseModel):
         return dict(value)
 
     @model_validator(mode="after")
+    def _min_workers_within_n_workers(self) -> ClusterSpec:
+        if self.min_workers is not None and self.min_workers > self.n_workers:
+            raise ValueError(f"min_workers={self.min_workers} is more than n_workers={self.n_workers}; pass "
+                             f"min_workers from 1 to {self.n_workers}, or leave it out for all")
+        return self
+
+    @model_validator(mode="after")
     def _one_way_to_choose_the_type(self) -> ClusterSpec:
         asked = [name for name in ("cpu", "memory", "gpu") if getattr(self, name) is not None]
         if self.vm_type is not None and asked:
@@ -497,6 +514,11 @@ class ClusterSpec(BaseModel):
         return self
 
     # -- derived ----------------------------------------------------------------------------------------------
+
+    @property
+    def required_workers(self) -> int:
+        """The fewest workers a launch may end with: ``min_workers``, by default all ``n_workers``."""
+        return self.n_workers if self.min_workers is None else self.min_workers
 
     @property
     def memory_mib(self) -> int | None:

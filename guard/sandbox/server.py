@@ -4,6 +4,9 @@ boto3 talks to it over HTTP exactly as to AWS; only the endpoint and the (fake) 
 Moto keeps its state per process, not per server: every server started in a process serves the same
 account, and starting one empties it.
 
+In front of moto, the server may answer some requests itself (``SandboxServer.add_answer``): the sandbox's
+parts that do what AWS does and moto does not (a vCPU quota, a VM's console output) answer in AWS's wire format.
+
 The server also keeps a log of the AWS requests it answered (``SandboxServer.requests``), whichever process
 sent them: which service, region and operation, and with which parameters, so a test can tell what a daemon
 asked of AWS, and a benchmark how much.
@@ -23,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
+from http import HTTPStatus
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
@@ -118,6 +122,18 @@ class ServedRequest:
         return f"{self.service}:{self.operation}"
 
 
+@dataclass(frozen=True)
+class Reply:
+    """An answer the sandbox gives itself instead of moto's, already in the service's wire format."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+Answer = Callable[[ServedRequest], Reply | None]
+"""Looks at a request (its ``status`` is 0) before moto: a ``Reply`` answers it, None lets moto answer."""
+
 Latency = Callable[[ServedRequest], float]
 """Seconds to hold the answer to a request that moto has carried out already."""
 
@@ -178,6 +194,7 @@ class _RequestLog:
     def __init__(self, app: Callable, size: int) -> None:
         self.app = app
         self.latency: Latency | None = None
+        self.answers: list[Answer] = []
         self._lock = threading.Lock()
         self._served: deque[ServedRequest] = deque(maxlen=size)
 
@@ -193,6 +210,13 @@ class _RequestLog:
             return start_response(status, headers, exc_info)
 
         try:
+            asked = _describe(environ, body, 0)
+            for answer in list(self.answers):
+                reply = answer(asked)
+                if reply is not None:
+                    start(f"{reply.status} {HTTPStatus(reply.status).phrase}", [
+                        ("Content-Type", reply.content_type), ("Content-Length", str(len(reply.body)))])
+                    return [reply.body]
             return self.app(environ, start)
         finally:
             served = _describe(environ, body, statuses[-1] if statuses else 500)
@@ -224,6 +248,28 @@ class SandboxServer:
         self._log: _RequestLog | None = None
         self._log_size = log_size
         self._latency: Latency | None = None
+        self._answers: list[Answer] = []
+        from guard.sandbox.quotas import VcpuQuotas
+
+        self.quotas = VcpuQuotas()
+        """The vCPU quotas imposed on the account (none by default, as moto has none): ``limit_vcpus``."""
+        self.add_answer(self.quotas.answer)
+
+    def add_answer(self, answer: Answer) -> None:
+        """Let ``answer`` answer requests before moto (see ``Answer``), after those added before."""
+        self._answers.append(answer)
+        if self._log is not None:
+            self._log.answers = list(self._answers)
+
+    def remove_answer(self, answer: Answer) -> None:
+        if answer in self._answers:
+            self._answers.remove(answer)
+        if self._log is not None:
+            self._log.answers = list(self._answers)
+
+    def limit_vcpus(self, quota_code: str, vcpus: float | None) -> None:
+        """Impose the EC2 vCPU quota ``quota_code`` (``L-1216C47A``…) at ``vcpus`` (None: lift it) until reset."""
+        self.quotas.limit(quota_code, vcpus)
 
     def start(self) -> SandboxServer:
         """Serve on a free loopback port, with the account emptied."""
@@ -236,6 +282,7 @@ class SandboxServer:
         # as moto's ThreadedMotoServer serves, with the request log in front of its app
         self._log = _RequestLog(DomainDispatcherApplication(create_backend_app), self._log_size)
         self._log.latency = self._latency
+        self._log.answers = list(self._answers)
         server = make_server(_LOOPBACK, 0, self._log, threaded=True, request_handler=MotoRequestHandler)
         self._thread = threading.Thread(target=server.serve_forever, name="sandbox-aws", daemon=True)
         self._thread.start()
@@ -286,8 +333,10 @@ class SandboxServer:
         boto3.setup_default_session()
 
     def reset(self) -> None:
-        """Empty the account (every service, every region); the request log is kept (``clear_requests``)."""
+        """Empty the account (every service, every region) and lift its quotas; the request log is kept
+        (``clear_requests``)."""
         moto_api(self.endpoint_url, "reset")
+        self.quotas.clear()
 
     def requests(self) -> list[ServedRequest]:
         """The AWS requests answered since the start or the last ``clear_requests``, oldest first, from any process.
@@ -332,6 +381,11 @@ def moto_api(endpoint_url: str, path: str) -> None:
     request = urllib.request.Request(f"{endpoint_url}/moto-api/{path}", method="POST")
     with _direct.open(request, timeout=30):
         pass
+
+
+def serving(endpoint_url: str) -> SandboxServer | None:
+    """The SandboxServer of this process that serves that endpoint, if any."""
+    return _serving.get(endpoint_url.rstrip("/"))
 
 
 def in_this_process(endpoint_url: str) -> bool:

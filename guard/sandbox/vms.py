@@ -25,6 +25,10 @@ A worker's scheduler is the ``--scheduler <host:port>`` of its user-data, whose 
 from the emulator: the scheduler's new loopback address, or the address moto gave it at launch if the SDK read it
 before the runner got to the scheduler (the runner maps both); failing that, the scheduler of the same cluster.
 
+A VM's output (its log, ``<instance id>.log`` in ``log_dir``) is its serial console: the runner answers
+``ec2:GetConsoleOutput`` for its instances in EC2's wire format (the last ``CONSOLE_BYTES``, base64), where moto
+would answer canned text, and leaves other instances to moto.
+
 The runner reads the account on moto's in-process objects (the emulator must be served by this process): its
 polling is the hardware looking at itself, not an AWS client, and so never shows in the request log; the only
 AWS request it makes is the TerminateInstances of a VM that powered itself off. Nothing outside guard/sandbox/
@@ -49,13 +53,14 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from guard.sandbox.server import SandboxError, in_this_process, sandbox_client
+from guard.sandbox.server import Reply, SandboxError, ServedRequest, in_this_process, sandbox_client, serving
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +73,13 @@ MAX_PROCESSES = 48
 """At most this many VM processes at once (each is a Python interpreter with Dask, ~100 MB): an instance launched
 beyond it gets no process (its record stays, like a VM that never booted) and a warning, so a test that launches a
 thousand workers to count API calls does not fork a thousand interpreters."""
+CONSOLE_BYTES = 64 * 1024
+"""How much of a VM's output GetConsoleOutput returns: its most recent 64 KB, as on EC2."""
 DEFAULT_SCHEDULER_PORT = 8786
 DEFAULT_DASHBOARD_PORT = 8787
 
 _LIVE_STATES = ("pending", "running")
+_INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
 _SCHEDULER_OPTION = re.compile(r"--scheduler(?:=|\s+)[\"']?(?:tcp://)?([0-9A-Za-z.\-]+):(\d+)")
 _ENV_DROPPED = ("AWS_", "VMGUARD_", "GUARD_")
 """A VM knows no credentials, daemon or token of the machine that runs the sandbox."""
@@ -319,6 +327,9 @@ class VmRunner:
             self.env_dir = cache_dir() / "sandbox-venvs"
         self._account_id = sandbox_client(self.endpoint_url, "sts", "us-east-1").get_caller_identity()["Account"]
         self._stop.clear()
+        server = serving(self.endpoint_url)
+        assert server is not None
+        server.add_answer(self.console_output)
         self._thread = threading.Thread(target=self._run, name="sandbox-vms", daemon=True)
         self._thread.start()
         return self
@@ -333,6 +344,9 @@ class VmRunner:
     def stop(self) -> None:
         """Stop watching and end every VM process (SIGTERM, then SIGKILL); the instances are left as they are."""
         self._stop.set()
+        server = serving(self.endpoint_url)
+        if server is not None:
+            server.remove_answer(self.console_output)
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
@@ -354,6 +368,24 @@ class VmRunner:
         """Every VM process started so far, by instance id (ended ones too, with ``alive`` false)."""
         with self._lock:
             return {instance_id: vm.view() for instance_id, vm in self._vms.items()}
+
+    def console_output(self, request: ServedRequest) -> Reply | None:
+        """GetConsoleOutput of one of this runner's VMs, in EC2's wire format: the end of its log, base64."""
+        instance_id = str(request.params.get("InstanceId", ""))
+        if request.service != "ec2" or request.operation != "GetConsoleOutput" or self.log_dir is None:
+            return None
+        path = self.log_dir / f"{instance_id}.log"
+        if not _INSTANCE_ID.match(instance_id) or not path.is_file():
+            return None
+        with path.open("rb") as log_file:
+            log_file.seek(max(0, path.stat().st_size - CONSOLE_BYTES))
+            output = base64.b64encode(log_file.read()).decode("ascii")
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(path.stat().st_mtime))
+        body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                '<GetConsoleOutputResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+                f"<requestId>{uuid.uuid4()}</requestId><instanceId>{instance_id}</instanceId>"
+                f"<timestamp>{stamp}</timestamp><output>{output}</output></GetConsoleOutputResponse>")
+        return Reply(200, "text/xml;charset=UTF-8", body.encode())
 
     # the watching thread
 

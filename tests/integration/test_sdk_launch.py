@@ -232,7 +232,7 @@ def test_partial_capacity_is_reported_and_everything_launched_is_kept_track_of(s
                                                                                scripted, cluster_id: str) -> None:
     # scheduler ok; the workers' all-or-nothing call refused; one MinCount=1 call served; then no capacity anywhere
     proxy, client = scripted(["ok", "InsufficientInstanceCapacity", "ok"], then="InsufficientInstanceCapacity")
-    spec = _spec(vm_type="m5.large", n_workers=5)
+    spec = _spec(vm_type="m5.large", n_workers=5, min_workers=1)
     reports: list[tuple[int, int, str]] = []
     with pytest.warns(PartialLaunch, match=r"launched \d of 5 workers"):
         launched = launch(spec, ["m5.large"], cluster_id, CLIENT_CIDRS, client, progress=lambda *a: reports.append(a))

@@ -6,6 +6,7 @@ import getpass
 import json
 import logging
 import math
+import os
 import secrets
 import shlex
 import sys
@@ -315,10 +316,22 @@ class PolicyMode(str, Enum):
 @app.command("iam-policy")
 def iam_policy(mode: PolicyMode = typer.Option(
         PolicyMode.observe, "--mode", help=("observe/dry-run: read-only, plus terminating expired SDK clusters "
-                                            "(enforce_keepalive); enforce: plus the enabled actions"))) -> None:
+                                            "(enforce_keepalive); enforce: plus the enabled actions")),
+        sdk: bool = typer.Option(False, "--sdk", help=("instead, the policy of a data scientist launching clusters "
+                                                       "with the SDK (its S3 statements narrowed to "
+                                                       "$VMGUARD_ENV_S3 when set)"))) -> None:
     """Print the least-privilege IAM policy for the enabled rules (and, for enforce, their configured actions)."""
     from guard.iam import enforce_policy, observe_policy, render
 
+    if sdk:
+        from sdk.errors import SdkError
+        from sdk.permissions import sdk_policy
+
+        try:
+            print(render(sdk_policy(os.environ.get("VMGUARD_ENV_S3") or None)))
+        except SdkError as exc:
+            raise _fail(f"VMGUARD_ENV_S3: {exc}") from None
+        return
     registry = _registry()
     settings = _settings(registry)
     rules = [registry.rules[rule_id](settings.rule_configs[rule_id]) for rule_id in settings.enabled_rules()]

@@ -28,6 +28,7 @@ _SERVICE_PREFIX = {
     "auto-scaling": "autoscaling",
     "cloudwatch-logs": "logs",
     "resource-groups-tagging-api": "tag",
+    "service-quotas": "servicequotas",
 }
 """botocore service ids whose IAM prefix differs."""
 _ACTION = {

@@ -27,7 +27,7 @@ from sdk.errors import SdkError
 from sdk.launch import Launched, launch, teardown
 from sdk.network import client_cidrs
 from sdk.spec import ClusterSpec, client_log_level
-from sdk.types import describe_types, resolve_instance_types
+from sdk.types import describe_types, resolve_instance_types, resolve_scheduler_types
 from sdk.usage import ClusterUsage
 
 log = logging.getLogger(__name__)
@@ -97,15 +97,17 @@ class Cluster:
             ec2 = boto3.client("ec2", region_name=region, config=_AWS_CONFIG)
             try:
                 types = resolve_instance_types(spec, ec2)
-                estimate = estimate_cost(spec, types)
-                self.console.print(f"vmguard: {spec.n_workers} worker(s) + 1 scheduler of {types[0]} in {region}: "
-                                   f"about {estimate}", highlight=False)
+                schedulers = resolve_scheduler_types(spec, ec2, types)
+                estimate = estimate_cost(spec, types, scheduler_types=schedulers)
+                self.console.print(f"vmguard: {spec.n_workers} worker(s) of {types[0]} + 1 scheduler of "
+                                   f"{schedulers[0]} in {region}: about {estimate}", highlight=False)
                 check_cap(estimate, spec.max_hourly_usd)
             except SdkError as exc:
                 self._pass_on(region, regions, reasons, exc)
                 continue
             environments = self._environments(ec2, types)  # an environment that cannot be replicated stops here
             self.spec, self._ec2, self.instance_types, self.estimate = spec, ec2, types, estimate
+            self.scheduler_types = schedulers
             try:
                 return self._launch(client_cidrs(spec.allow_ingress_from, ec2.meta.endpoint_url), environments)
             except SdkError as exc:
@@ -152,9 +154,11 @@ class Cluster:
                 progress.update(task, completed=done, total=of, description=text)
 
             launched = launch(self.spec, self.instance_types, self.cluster_id, cidrs, self._ec2, progress=report,
-                              environments=environments)
+                              scheduler_types=self.scheduler_types, environments=environments)
         self.console.print(f"vmguard: launched {self.cluster_id}: {1 + len(launched.workers)} instance(s)",
                            highlight=False)
+        if launched.spread:
+            self.console.print(f"vmguard: warning: {launched.spread}", highlight=False)
         return launched
 
     def _wait_for_scheduler(self) -> str:
@@ -186,8 +190,11 @@ class Cluster:
                        f"{int(self.spec.boot_timeout.total_seconds())}s ({last_error}); the cluster was torn down")
 
     def _refresh_scheduler_ip(self) -> str | None:
+        """The address this client connects to: the private one with ``use_private_ip`` (VPN, Direct Connect)."""
         reservations = self._ec2.describe_instances(InstanceIds=[self.launched.scheduler["InstanceId"]])
         instance = reservations["Reservations"][0]["Instances"][0]
+        if self.spec.use_private_ip:
+            return instance.get("PrivateIpAddress")
         return instance.get("PublicIpAddress") or instance.get("PrivateIpAddress")
 
     # -- use ------------------------------------------------------------------------------------------------------

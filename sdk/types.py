@@ -34,7 +34,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from guard.pricing import PriceCatalog, default_catalog
 from sdk.errors import SdkError
-from sdk.spec import ClusterSpec
+from sdk.spec import DEFAULT_REGION, ClusterSpec
 
 FALLBACK_PRICE_RATIO = 1.25
 """Automatic fallbacks cost at most this much more than the cheapest match."""
@@ -220,17 +220,26 @@ def resolve_scheduler_types(spec: ClusterSpec, ec2: Any, worker_types: list[str]
 def _cheapest_scheduler(region: str, arch: str, ec2: Any, catalog: PriceCatalog) -> str:
     want = _Want(arch=arch, cpu=(DEFAULT_CPU, DEFAULT_CPU), memory_mib=DEFAULT_MEMORY_MIB, gpu=None,
                  market="on-demand")
-    candidates = sorted((price, info.instance_type) for info in catalog.types_in(region)
-                        if info.arch == arch and not info.gpu_count and info.vcpus == DEFAULT_CPU
-                        and info.memory_gib * 1024 >= DEFAULT_MEMORY_MIB
-                        for price in [catalog.hourly_usd(info.instance_type, region)] if price is not None)
-    names = [name for _, name in candidates[:SCHEDULER_CANDIDATES]]
-    offered = describe_types(ec2, names) if names else {}
+    names = _scheduler_candidates(region, arch, catalog)
+    offered = describe_types(ec2, names[:SCHEDULER_CANDIDATES]) if names else {}
+    if not any(_eligible(info, want) and _matches(info, want) for info in offered.values()):
+        offered = region_types(ec2)  # none of the cheapest is offered here: look through the region's whole list
     for name in names:
         if name in offered and _eligible(offered[name], want) and _matches(offered[name], want):
             return name
-    raise SdkError(f"{region} offers no priced {arch} type with {want.text()} for the scheduler; pass "
+    raise SdkError(f"{region} offers no {arch} type with {want.text()} and no GPU for the scheduler; pass "
                    "scheduler_vm_type")
+
+
+def _scheduler_candidates(region: str, arch: str, catalog: PriceCatalog) -> list[str]:
+    """The catalog's non-GPU types of the default shape and ``arch``, cheapest first: by the region's list prices,
+    or by those of the default region where the catalog prices nothing in this one (their order is much alike)."""
+    priced_in = region if any(True for _ in catalog.types_in(region)) else DEFAULT_REGION
+    candidates = sorted((price, info.instance_type) for info in catalog.types_in(priced_in)
+                        if info.arch == arch and not info.gpu_count and info.vcpus == DEFAULT_CPU
+                        and info.memory_gib * 1024 >= DEFAULT_MEMORY_MIB
+                        for price in [catalog.hourly_usd(info.instance_type, priced_in)] if price is not None)
+    return [name for _, name in candidates]
 
 
 # -- named types ----------------------------------------------------------------------------------------------

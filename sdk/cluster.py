@@ -48,8 +48,9 @@ class Cluster:
     """Launch a cluster (one scheduler, ``n_workers`` workers); use it with ``get_client()``; ``close()`` ends it.
 
     Accepts the arguments of :class:`sdk.spec.ClusterSpec` (``vm_type`` or ``cpu``/``memory``/``gpu``/``arm``,
-    ``region``, ``n_workers``, ``keepalive``, ``idle_timeout``, ``max_lifetime``, ``spot_policy``, ``disk_size``,
-    ``tags``, ``max_hourly_usd``, ``allow_ingress_from``, ``daemon_url``/``token`` …). A wrong argument raises
+    ``scheduler_vm_type``, ``image``, ``region``, ``n_workers``, ``keepalive``, ``idle_timeout``, ``max_lifetime``,
+    ``spot_policy``, ``disk_size``, ``tags``, ``max_hourly_usd``, ``allow_ingress_from``, ``subnet_ids``,
+    ``security_group_ids``, ``use_private_ip``, ``daemon_url``/``token`` …). A wrong argument raises
     :class:`sdk.SdkError` with one line before anything is launched.
     """
 

@@ -281,7 +281,7 @@ class _Run:
         """The image of one (architecture, NVIDIA GPU) kind of VM: ``spec.image``, the DLAMI, or Amazon Linux."""
         image_id = self.spec.image or (self._gpu_image_id(arch) if gpu else None)
         if image_id:
-            images = self.ec2.describe_images(ImageIds=[image_id]).get("Images", [])
+            images = self._images_by_id(image_id)
         else:
             pattern = IMAGE_NAME_PATTERNS.get(arch)
             if pattern is None:
@@ -307,6 +307,15 @@ class _Run:
                            f"{image['ImageId']}; pass disk_size={root_size} or more")
         return _Image(image_id=image["ImageId"], root_device=root,
                       block_devices=tuple(image.get("BlockDeviceMappings", [])), root_size=int(root_size))
+
+    def _images_by_id(self, image_id: str) -> list[dict[str, Any]]:
+        """The image of that id (EC2 answers an id it does not know in the region with an error, not nothing)."""
+        try:
+            return self.ec2.describe_images(ImageIds=[image_id]).get("Images", [])
+        except ClientError as exc:
+            if not exc.response.get("Error", {}).get("Code", "").startswith("InvalidAMIID"):
+                raise
+            return []
 
     def _gpu_image_id(self, arch: str) -> str:
         """The region's newest Deep Learning Base AMI for ``arch``, from AWS's public SSM parameter."""

@@ -11,7 +11,9 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.config import Config
 from rich.console import Console
+from test_sdk_launch import ScriptedCapacity
 
 from guard.pricing import default_catalog
 from guard.sandbox import SandboxServer
@@ -111,6 +113,15 @@ def test_an_image_of_the_other_architecture_is_one_line_before_any_launch(sandbo
     assert "\n" not in str(error.value) and not _runs(sandbox, "us-east-1")
 
 
+def test_an_image_the_region_does_not_have_is_one_line(sandbox: SandboxServer, cluster_id: str) -> None:
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    sandbox.clear_requests()
+    with pytest.raises(SdkError) as error:
+        launch(_spec(vm_type="m5.large", image="ami-0123456789abcdef0"), ["m5.large"], cluster_id, CLIENT_CIDRS, ec2)
+    assert str(error.value).startswith("no image ami-0123456789abcdef0 is available in us-east-1; pass image='ami-…'")
+    assert "\n" not in str(error.value) and not _runs(sandbox, "us-east-1")
+
+
 def test_a_region_without_the_parameter_is_one_line_naming_image(sandbox: SandboxServer, cluster_id: str) -> None:
     region = "eu-west-3"
     ssm = boto3.client("ssm", region_name=region)
@@ -179,6 +190,26 @@ def test_scheduler_vm_type_is_launched_on_demand_and_checked(sandbox: SandboxSer
     assert workers["InstanceType"] == "m7g.large" and workers["InstanceMarketOptions.MarketType"] == "spot"
     with pytest.raises(SdkError, match=r"^scheduler_vm_type: m5.large is x86_64; the nearest ARM family is "):
         resolve_scheduler_types(_spec(vm_type="m7g.large", scheduler_vm_type="m5.large"), ec2, ["m7g.large"])
+
+
+def test_a_scheduler_type_without_capacity_falls_back_to_the_workers_type(sandbox: SandboxServer, launched: list,
+                                                                         cluster_id: str) -> None:
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    spec = _spec(vm_type="m5.large")
+    own = resolve_scheduler_types(spec, ec2, ["m5.large"])[0]
+    zones = ec2.describe_instance_type_offerings(LocationType="availability-zone", Filters=[
+        {"Name": "instance-type", "Values": [own]}])["InstanceTypeOfferings"]
+    proxy = ScriptedCapacity(sandbox.endpoint_url, ["InsufficientInstanceCapacity"] * len(zones)).start()
+    try:  # the scheduler's own type is refused in every AZ that offers it
+        client = boto3.client("ec2", region_name="us-east-1", endpoint_url=proxy.url,
+                              config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
+        sandbox.clear_requests()
+        cluster = launch(spec, ["m5.large"], cluster_id, CLIENT_CIDRS, client)
+        launched.append((ec2, cluster))
+    finally:
+        proxy.stop()
+    assert own != "m5.large" and cluster.scheduler["InstanceType"] == "m5.large"
+    assert all(run["InstanceType"] == "m5.large" for run in _runs(sandbox, "us-east-1"))
 
 
 def test_the_console_line_names_the_workers_and_the_schedulers_types(sandbox: SandboxServer,

@@ -101,7 +101,7 @@ class Cluster:
                 schedulers = resolve_scheduler_types(spec, ec2, types)
                 estimate = estimate_cost(spec, types, scheduler_types=schedulers)
                 self.console.print(f"vmguard: {spec.n_workers} worker(s) of {types[0]} + 1 scheduler of "
-                                   f"{schedulers[0]} in {region}: about {estimate}", highlight=False)
+                                   f"{schedulers[0]} in {region}: about {estimate}", highlight=False, soft_wrap=True)
                 check_cap(estimate, spec.max_hourly_usd)
             except SdkError as exc:
                 self._pass_on(region, regions, reasons, exc)

@@ -204,7 +204,10 @@ def resolve_scheduler_types(spec: ClusterSpec, ec2: Any, worker_types: list[str]
     workers' architecture runs the same replicated environment).
     """
     catalog = catalog or default_catalog()
-    arch = describe_types(ec2, worker_types[:1])[worker_types[0]].arch
+    first = describe_types(ec2, worker_types[:1]).get(worker_types[0])
+    if first is None:
+        raise SdkError(f"{worker_types[0]} is not offered in {spec.region}; check vm_type")
+    arch = first.arch
     if spec.scheduler_vm_type is not None:
         checked = spec.model_copy(update={"vm_type": [spec.scheduler_vm_type], "arm": arch == "arm64",
                                           "spot_policy": "on-demand"})

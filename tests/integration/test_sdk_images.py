@@ -139,7 +139,7 @@ def test_a_region_without_the_parameter_is_one_line_naming_image(sandbox: Sandbo
         seed_image_parameters()
 
 
-def test_an_explicit_disk_smaller_than_the_image_is_refused(cluster_id: str) -> None:
+def test_an_explicit_disk_smaller_than_the_image_is_refused(sandbox: SandboxServer, cluster_id: str) -> None:
     ec2 = boto3.client("ec2", region_name="us-east-1")
     with pytest.raises(SdkError, match=r"^disk_size=10 GiB is smaller than the 15 GiB root volume of ami-"):
         launch(_spec(vm_type="g5.xlarge", disk_size=10), ["g5.xlarge"], cluster_id, CLIENT_CIDRS, ec2)
@@ -210,6 +210,13 @@ def test_a_scheduler_type_without_capacity_falls_back_to_the_workers_type(sandbo
         proxy.stop()
     assert own != "m5.large" and cluster.scheduler["InstanceType"] == "m5.large"
     assert all(run["InstanceType"] == "m5.large" for run in _runs(sandbox, "us-east-1"))
+
+
+def test_a_worker_type_the_region_lacks_is_one_line_before_the_scheduler_is_chosen(sandbox: SandboxServer,
+                                                                                   cluster_id: str) -> None:
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    with pytest.raises(SdkError, match=r"^m5\.hugeish is not offered in us-east-1; check vm_type$"):
+        launch(_spec(vm_type="m5.large"), ["m5.hugeish"], cluster_id, CLIENT_CIDRS, ec2)
 
 
 def test_the_console_line_names_the_workers_and_the_schedulers_types(sandbox: SandboxServer,

@@ -35,6 +35,8 @@ COPIED_SNAPSHOT_VOLUME_ID = "vol-ffffffff"
 """The VolumeId AWS gives snapshots made by CopySnapshot: the source volume was never in this region."""
 PUBLIC_IPV4_USD_PER_HOUR = 0.005
 """An Elastic IP / public IPv4 address, attached or not (since 2024-02-01)."""
+CROSS_AZ_USD_PER_GB = 0.01
+"""Data between two AZs of a region, billed in each direction."""
 NAT_GATEWAY_USD_PER_HOUR = 0.045
 NAT_GATEWAY_USD_PER_GB = 0.045
 LOGS_INGEST_USD_PER_GB = 0.50

@@ -36,7 +36,7 @@ from sdk.launch import Launched, launch, teardown
 from sdk.network import client_cidrs
 from sdk.security import ClusterTls, KeyDrop
 from sdk.spec import ClusterSpec, client_log_level
-from sdk.types import describe_types, resolve_instance_types
+from sdk.types import describe_types, resolve_instance_types, resolve_scheduler_types
 from sdk.usage import ClusterUsage
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,11 @@ class Cluster:
     """Launch a cluster (one scheduler, ``n_workers`` workers); use it with ``get_client()``; ``close()`` ends it.
 
     Accepts the arguments of :class:`sdk.spec.ClusterSpec` (``vm_type`` or ``cpu``/``memory``/``gpu``/``arm``,
-    ``region``, ``n_workers``, ``min_workers``, ``keepalive``, ``idle_timeout``, ``max_lifetime``, ``spot_policy``,
-    ``disk_size``, ``tags``, ``max_hourly_usd``, ``allow_ingress_from``, ``daemon_url``/``token`` …). A wrong argument
-    raises :class:`sdk.SdkError` with one line before anything is launched.
+    ``scheduler_vm_type``, ``image``, ``region``, ``n_workers``, ``min_workers``, ``keepalive``, ``idle_timeout``,
+    ``max_lifetime``, ``spot_policy``, ``disk_size``, ``tags``, ``max_hourly_usd``, ``allow_ingress_from``,
+    ``subnet_ids``, ``security_group_ids``, ``use_private_ip``, ``credentials``, ``instance_profile``, ``environ``,
+    ``daemon_url``/``token`` …). A wrong argument raises :class:`sdk.SdkError` with one line before anything is
+    launched.
     """
 
     def __init__(self, *, console: Console | None = None, **kwargs: Any):
@@ -160,15 +162,17 @@ class Cluster:
             ec2 = boto3.client("ec2", region_name=region, config=_AWS_CONFIG)
             try:
                 types = resolve_instance_types(spec, ec2)
-                estimate = estimate_cost(spec, types)
-                self.console.print(f"vmguard: {spec.n_workers} worker(s) + 1 scheduler of {types[0]} in {region}: "
-                                   f"about {estimate}", highlight=False)
+                schedulers = resolve_scheduler_types(spec, ec2, types)
+                estimate = estimate_cost(spec, types, scheduler_types=schedulers)
+                self.console.print(f"vmguard: {spec.n_workers} worker(s) of {types[0]} + 1 scheduler of "
+                                   f"{schedulers[0]} in {region}: about {estimate}", highlight=False, soft_wrap=True)
                 check_cap(estimate, spec.max_hourly_usd)
             except SdkError as exc:
                 self._pass_on(region, regions, reasons, exc)
                 continue
             environments = self._environments(ec2, types)  # an environment that cannot be replicated stops here
             self.spec, self._ec2, self.instance_types, self.estimate = spec, ec2, types, estimate
+            self.scheduler_types = schedulers
             self._keys = self._keys or KeyDrop.put(self._tls, cluster_id=self.cluster_id, location=spec.env_s3,
                                                    expires=2 * spec.boot_timeout)
             try:
@@ -218,9 +222,12 @@ class Cluster:
 
             self._launched_at = time.monotonic()
             launched = launch(self.spec, self.instance_types, self.cluster_id, cidrs, self._ec2, progress=report,
-                              environments=environments, tls=self._keys.config() if self._keys else None)
+                              scheduler_types=self.scheduler_types, environments=environments,
+                              tls=self._keys.config() if self._keys else None)
         self.console.print(f"vmguard: launched {self.cluster_id}: {1 + len(launched.workers)} instance(s)",
                            highlight=False)
+        if launched.spread:
+            self.console.print(f"vmguard: warning: {launched.spread}", highlight=False)
         return launched
 
     def _wait_for_scheduler(self) -> str:
@@ -256,8 +263,11 @@ class Cluster:
                        f"{int(self.spec.boot_timeout.total_seconds())}s ({last_error}); the cluster was torn down")
 
     def _refresh_scheduler_ip(self) -> str | None:
+        """The address this client connects to: the private one with ``use_private_ip`` (VPN, Direct Connect)."""
         reservations = self._ec2.describe_instances(InstanceIds=[self.launched.scheduler["InstanceId"]])
         instance = reservations["Reservations"][0]["Instances"][0]
+        if self.spec.use_private_ip:
+            return instance.get("PrivateIpAddress")
         return instance.get("PublicIpAddress") or instance.get("PrivateIpAddress")
 
     # -- use ------------------------------------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """What a cluster will cost, shown and capped before anything is launched.
 
 The estimate is the on-demand list price (``guard.pricing``) of one scheduler plus ``n_workers`` workers, each with
-its encrypted gp3 root volume and its public IPv4 address. Decisions:
+its encrypted gp3 root volume and its public IPv4 address. The scheduler is priced at its own type (by default a
+small non-GPU one, see ``sdk.types.resolve_scheduler_types``), the workers at theirs. Decisions:
 
 - Spot workers are priced at the on-demand price: that is what AWS caps a spot price at by default, so the cap
   holds whatever the spot market does; the catalog's lowest spot price is shown as a hint only.
 - With fallback types (a ``vm_type`` list, or automatic fallbacks) the cap is checked against the priciest type
-  in the list, since capacity may decide which one launches.
+  in the list, since capacity may decide which one launches; likewise for the scheduler, whose fallbacks are the
+  workers' types.
 - A type without a list price is never priced as $0: the estimate says "unknown" and ``check_cap`` refuses to
   launch, unless the cap is turned off explicitly with ``max_hourly_usd=None``.
 """
@@ -37,15 +39,17 @@ class CostEstimate:
     n_workers: int
     instance_types: tuple[str, ...]
     hourly_usd: float | None
-    """With the first-choice type for the scheduler and every worker."""
+    """With the first-choice types for the scheduler and every worker."""
     worst_hourly_usd: float | None
-    """With the priciest type of the list for the scheduler and every worker (= hourly_usd for one type)."""
+    """With the priciest types of the lists for the scheduler and every worker (= hourly_usd for one type each)."""
     per_vm_extra_usd: float | None
     """Root volume and public IPv4 address of one VM, per hour."""
     spot_hourly_usd: float | None = None
     """With workers at the catalog's lowest spot price: a hint, not a bound (None: on-demand, or unknown)."""
     unpriced: tuple[str, ...] = ()
     """Types (or the volume) without a list price in this region."""
+    scheduler_types: tuple[str, ...] = ()
+    """The scheduler's types, first choice first (empty: the workers')."""
 
     @property
     def daily_usd(self) -> float | None:
@@ -71,14 +75,18 @@ class CostEstimate:
 
 
 def estimate_cost(spec: ClusterSpec, instance_types: list[str] | tuple[str, ...],
-                  catalog: PriceCatalog | None = None) -> CostEstimate:
-    """The cluster's $/hour: scheduler + n_workers × worker, each with its disk and public address."""
+                  catalog: PriceCatalog | None = None, *,
+                  scheduler_types: list[str] | tuple[str, ...] = ()) -> CostEstimate:
+    """The cluster's $/hour: scheduler + n_workers × worker, each with its disk and public address.
+
+    ``instance_types``: the workers' types; ``scheduler_types``: the scheduler's (empty: the workers')."""
     if not instance_types:
         raise SdkError("no instance type to price; pass vm_type or cpu/memory")
     catalog = catalog or default_catalog()
     region, types = spec.region, tuple(instance_types)
+    schedulers = tuple(scheduler_types) or types
     disk = catalog.volume_hourly_usd(ROOT_VOLUME_TYPE, spec.disk_size, region)
-    prices = {name: catalog.hourly_usd(name, region) for name in types}
+    prices = {name: catalog.hourly_usd(name, region) for name in dict.fromkeys([*schedulers, *types])}
     unpriced = tuple(name for name, price in prices.items() if price is None)
     if disk is None:
         unpriced += (f"{ROOT_VOLUME_TYPE} volumes",)
@@ -89,16 +97,19 @@ def estimate_cost(spec: ClusterSpec, instance_types: list[str] | tuple[str, ...]
             return None
         return (scheduler + extra) + spec.n_workers * (worker + extra)
 
-    first = prices[types[0]]
-    hourly = cluster(first, first)
-    worst = None if unpriced else cluster(max(prices.values()), max(prices.values()))  # type: ignore[type-var]
+    def priciest(names: tuple[str, ...]) -> float:
+        return max(prices[name] for name in names)  # type: ignore[type-var]
+
+    hourly = cluster(prices[schedulers[0]], prices[types[0]])
+    worst = None if unpriced else cluster(priciest(schedulers), priciest(types))
     spot = None
     if spec.spot_policy != "on-demand":
         info = catalog.info(types[0], region)
         if info is not None and info.spot_usd_per_hour_min is not None:
-            spot = cluster(first, info.spot_usd_per_hour_min)
+            spot = cluster(prices[schedulers[0]], info.spot_usd_per_hour_min)
     return CostEstimate(region=region, n_workers=spec.n_workers, instance_types=types, hourly_usd=hourly,
-                        worst_hourly_usd=worst, per_vm_extra_usd=extra, spot_hourly_usd=spot, unpriced=unpriced)
+                        worst_hourly_usd=worst, per_vm_extra_usd=extra, spot_hourly_usd=spot, unpriced=unpriced,
+                        scheduler_types=tuple(scheduler_types))
 
 
 def check_cap(estimate: CostEstimate, max_hourly_usd: float | None) -> None:

@@ -2,8 +2,9 @@
 
 The request is the proof of safety, so every launch call carries it explicitly:
 
-- one security group per cluster in the default VPC: the scheduler and dashboard ports (8786-8787) only from
-  ``client_cidrs``, all traffic only from the group itself; deleted after the instances are gone;
+- one security group per cluster in the default VPC (or the VPC of ``subnet_ids``): the scheduler and dashboard
+  ports (8786-8787) only from ``client_cidrs``, all traffic only from the group itself; deleted after the
+  instances are gone (``security_group_ids`` are added to it on every VM, never changed or deleted);
 - IMDSv2 required with hop limit 1 (containers on the VM cannot reach the metadata service);
 - an encrypted gp3 root volume of ``disk_size`` GiB and ``DeleteOnTermination`` on every EBS block device of the
   image; ``InstanceInitiatedShutdownBehavior=terminate`` (the VM's own ``shutdown`` ends its bill);
@@ -12,18 +13,26 @@ The request is the proof of safety, so every launch call carries it explicitly:
   ``vmguard:expires``, ``Name``, plus the user's tags;
 - the user-data of :mod:`sdk.bootstrap` (the VM's dead-man switch; no secrets); burstable types get standard CPU
   credits (no surprise "unlimited" surcharge);
-- a ``ClientToken`` on each RunInstances call, so a retried call never launches twice.
+- a ``ClientToken`` on each RunInstances call, so a retried call never launches twice;
+- the image: ``spec.image`` for every VM, else AWS's Deep Learning Base AMI with the NVIDIA driver (Amazon
+  Linux 2023, read from its public SSM parameter in the cluster's region) for NVIDIA GPU types, and the newest
+  Amazon Linux 2023 for the others. A root volume larger than ``disk_size`` (the DLAMI's is 75 GiB) grows the
+  default ``disk_size``; an explicit smaller one is refused.
+
+The scheduler has types of its own (``sdk.types.resolve_scheduler_types``: its type, then the workers' as
+fallbacks) and is always on-demand.
 
 Calls: the scheduler with one RunInstances (count 1), then every worker in ONE RunInstances asking for all of them
 in the scheduler's subnet — all or nothing, so a cluster that fits stays in one AZ and pays no cross-AZ transfer.
 Only when that is refused for capacity does it fall back, each call asking for what is still missing with
-``MinCount=1``: the same AZ again, then the other default subnets, then the next type of the list, and for
+``MinCount=1``: the same AZ again, then the other subnets, then the next type of the list, and for
 ``spot_with_fallback`` the same again on-demand. Each market has its own budget of ``MAX_WORKER_CALLS`` calls, so
 spot refused everywhere still ends in on-demand workers. A vCPU quota refusal (``VcpuLimitExceeded``) ends its
 market after at most ``QUOTA_RETRIES`` calls asking for exactly as many workers as the quota admits (its value,
 read from Service Quotas before launch, less the vCPUs the region's instances use already; halved when unknown or
-refused again). RunInstances rather than CreateFleet: CreateFleet needs a launch template (one more resource to
-leak), and tags only instances on creation.
+refused again). Workers that end up outside the scheduler's AZ get a :class:`CrossAzTraffic` warning: traffic
+between AZs bills in each direction. RunInstances rather than CreateFleet: CreateFleet needs a launch template
+(one more resource to leak), and tags only instances on creation.
 
 A cluster that ends up with fewer workers than asked but at least ``min_workers`` is returned with a
 :class:`PartialLaunch` warning saying so; one whose scheduler could not launch, or with fewer workers than
@@ -53,12 +62,13 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from guard.pricing import CROSS_AZ_USD_PER_GB
 from guard.wire import OWNER_TAG
 from sdk.bootstrap import DASHBOARD_PORT, SCHEDULER_PORT, user_data, vm_config
 from sdk.errors import CapacityError, SdkError
 from sdk.quotas import Quota, admitted, describe, quota_for, read_quota, vcpus_in_use
 from sdk.spec import ClusterSpec
-from sdk.types import InstanceType, describe_types
+from sdk.types import InstanceType, describe_types, resolve_scheduler_types
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +78,9 @@ Progress = Callable[[int, int, str], None]
 IMAGE_NAME_PATTERNS = {"x86_64": "al2023-ami-2023.*-x86_64", "arm64": "al2023-ami-2023.*-arm64"}
 """Amazon Linux 2023 (not the minimal image), by architecture; the newest available one is used."""
 IMAGE_OWNER = "amazon"
+GPU_IMAGE_PARAMETER = "/aws/service/deeplearning/ami/{arch}/base-oss-nvidia-driver-gpu-amazon-linux-2023/latest/ami-id"
+"""AWS's public SSM parameter naming the newest Deep Learning Base OSS Nvidia Driver GPU AMI (Amazon Linux 2023) of
+a region, by architecture (``x86_64``/``arm64``): the bootstrap script needs Amazon Linux 2023's tools."""
 METADATA_OPTIONS = {"HttpTokens": "required", "HttpPutResponseHopLimit": 1, "HttpEndpoint": "enabled",
                     "InstanceMetadataTags": "disabled"}
 ROOT_VOLUME_TYPE = "gp3"
@@ -102,6 +115,10 @@ class PartialLaunch(UserWarning):
     """Fewer workers launched than asked: capacity ran out in every AZ and type tried."""
 
 
+class CrossAzTraffic(UserWarning):
+    """Capacity put workers outside the scheduler's AZ: traffic between them bills in each direction."""
+
+
 @dataclass
 class Launched:
     """What a launch made: the instances (as dicts of InstanceId, PublicIpAddress, PrivateIpAddress, InstanceType,
@@ -125,6 +142,17 @@ class Launched:
     def instance_types(self) -> list[str]:
         return sorted({instance["InstanceType"] for instance in [self.scheduler, *self.workers]})
 
+    @property
+    def spread(self) -> str | None:
+        """What it costs that workers run outside the scheduler's AZ (None: all in one AZ)."""
+        home = self.scheduler.get("AvailabilityZone")
+        zones = {home, *(worker.get("AvailabilityZone") for worker in self.workers)}
+        if len(zones) < 2:
+            return None
+        away = sum(worker.get("AvailabilityZone") != home for worker in self.workers)
+        return (f"{self.cluster_id}: workers spread over {len(zones)} AZs ({away} outside the scheduler's {home}): "
+                f"cross-AZ traffic bills ${CROSS_AZ_USD_PER_GB:.2f}/GB each way")
+
 
 @dataclass(frozen=True)
 class _Subnet:
@@ -137,6 +165,8 @@ class _Image:
     image_id: str
     root_device: str
     block_devices: tuple[dict[str, Any], ...]
+    root_size: int = 0
+    """GiB of the image's root snapshot: the root volume is at least this large."""
 
 
 class _Refused(Exception):
@@ -154,15 +184,16 @@ class _Refused(Exception):
 
 def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, client_cidrs: Sequence[str],
            ec2_client: Any, progress: Progress | None = None, *,
-           image_ids: dict[str, str] | None = None,
+           scheduler_types: Sequence[str] | None = None, ssm_client: Any = None,
            environments: dict[str, dict[str, Any]] | None = None, tls: dict[str, str] | None = None,
            quotas_client: Any = None) -> Launched:
     """Launch the scheduler and ``spec.n_workers`` workers of ``cluster_id``; see the module docstring.
 
-    ``instance_types``: first choice first (later ones are fallbacks). ``client_cidrs``: who may reach the
-    scheduler's ports. ``image_ids``: an AMI per architecture (``x86_64``/``arm64``) instead of the newest
-    Amazon Linux 2023. ``environments``: per architecture, the replicated Python environment each VM installs
-    (``sdk.environment.EnvironmentRef.to_config()``); without one, the VMs run the image's ``python3``.
+    ``instance_types``: the workers', first choice first (later ones are fallbacks). ``scheduler_types``: the
+    scheduler's, likewise (default: ``sdk.types.resolve_scheduler_types``). ``client_cidrs``: who may reach the
+    scheduler's ports. ``ssm_client``: for the GPU image's parameter (default: one for ``spec.region``, made
+    only if a GPU type needs it). ``environments``: per architecture, the replicated Python environment each VM
+    installs (``sdk.environment.EnvironmentRef.to_config()``); without one, the VMs run the image's ``python3``.
     ``tls``: where every VM fetches the cluster's TLS material (``sdk.security.KeyDrop.config()``); without, the
     cluster speaks plain TCP. ``quotas_client``: a Service Quotas client for the region (by default one of the
     default session).
@@ -174,6 +205,7 @@ def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, cl
         raise SdkError("no address may reach the cluster; pass allow_ingress_from=['<your address>/32']")
     if ec2_client.meta.region_name != spec.region:
         raise SdkError(f"the EC2 client is for {ec2_client.meta.region_name} but the cluster is for {spec.region}")
+    schedulers = list(dict.fromkeys(scheduler_types or resolve_scheduler_types(spec, ec2_client, types)))
     report = progress or (lambda done, total, text: None)
     total = 1 + spec.n_workers
     swept = sweep_orphaned_groups(ec2_client, spec.owner)
@@ -181,11 +213,11 @@ def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, cl
         log.info("deleted %d security group(s) left by clusters that ended on their own: %s", len(swept),
                  ", ".join(swept))
     quotas = quotas_client or boto3.client("service-quotas", region_name=spec.region, config=_QUOTAS_CONFIG)
-    run = _Run(spec, cluster_id, ec2_client, types, environments or {}, tls, quotas)
+    run = _Run(spec, cluster_id, ec2_client, types, schedulers, environments or {}, tls, quotas, ssm_client)
     atexit.register(run.last_resort)  # a second Ctrl-C that cuts the cleanup below short still cleans up at exit
     try:
         report(0, total, f"{cluster_id}: preparing the network")
-        run.prepare(image_ids)
+        run.prepare()
         run.create_security_group(client_cidrs)
         report(0, total, f"{cluster_id}: launching the scheduler")
         run.launch_scheduler()
@@ -214,14 +246,18 @@ def launch(spec: ClusterSpec, instance_types: Sequence[str], cluster_id: str, cl
     if partial:
         log.warning("%s", partial)
         warnings.warn(partial, PartialLaunch, stacklevel=2)
+    if launched.spread:
+        log.warning("%s", launched.spread)
+        warnings.warn(launched.spread, CrossAzTraffic, stacklevel=2)
     return launched
 
 
 class _Run:
     """The state of one launch, so a failure at any step can undo exactly what was made."""
 
-    def __init__(self, spec: ClusterSpec, cluster_id: str, ec2: Any, types: list[str],
-                 environments: dict[str, dict[str, Any]], tls: dict[str, str] | None, quotas: Any) -> None:
+    def __init__(self, spec: ClusterSpec, cluster_id: str, ec2: Any, types: list[str], scheduler_types: list[str],
+                 environments: dict[str, dict[str, Any]], tls: dict[str, str] | None, quotas: Any,
+                 ssm: Any = None) -> None:
         self.spec = spec
         self.quotas = quotas
         self.quota_values: dict[str, float | None] = {}
@@ -232,10 +268,14 @@ class _Run:
         self.tls = tls
         self.cluster_id = cluster_id
         self.ec2 = ec2
+        self.ssm = ssm
         self.types = types
+        self.scheduler_types = scheduler_types
+        self.every_type = list(dict.fromkeys([*scheduler_types, *types]))
         self.launched_at = datetime.now(timezone.utc)
         self.infos: dict[str, InstanceType] = {}
-        self.images: dict[str, _Image] = {}
+        self.images: dict[tuple[str, bool], _Image] = {}
+        self.extra_groups: list[str] = []
         self.vpc_id = ""
         self.subnets: list[_Subnet] = []
         self.zones: dict[str, set[str]] = {}
@@ -248,21 +288,27 @@ class _Run:
 
     # -- what to launch into --------------------------------------------------------------------------------
 
-    def prepare(self, image_ids: dict[str, str] | None) -> None:
-        """The types' architectures, the images, the default VPC's subnets and which AZs offer each type."""
-        self.infos = describe_types(self.ec2, self.types)
-        unknown = [name for name in self.types if name not in self.infos]
+    def prepare(self) -> None:
+        """The types' architectures, the images, the subnets and which AZs offer each type."""
+        self.infos = describe_types(self.ec2, self.every_type)
+        unknown = [name for name in self.every_type if name not in self.infos]
         if unknown:
             raise SdkError(f"{', '.join(unknown)} is not offered in {self.spec.region}; check vm_type")
-        for arch in sorted({self.infos[name].arch for name in self.types}):
-            self.images[arch] = self._image(arch, (image_ids or {}).get(arch))
-        self._default_subnets()
+        for key in sorted({_image_key(self.infos[name]) for name in self.every_type}):
+            self.images[key] = self._image(*key)
+        if self.spec.subnet_ids:
+            self._given_subnets(self.spec.subnet_ids)
+        else:
+            self._default_subnets()
+        self._extra_groups(self.spec.security_group_ids)
         self._offerings()
         self._read_quotas()
 
-    def _image(self, arch: str, image_id: str | None) -> _Image:
+    def _image(self, arch: str, gpu: bool) -> _Image:
+        """The image of one (architecture, NVIDIA GPU) kind of VM: ``spec.image``, the DLAMI, or Amazon Linux."""
+        image_id = self.spec.image or (self._gpu_image_id(arch) if gpu else None)
         if image_id:
-            images = self.ec2.describe_images(ImageIds=[image_id]).get("Images", [])
+            images = self._images_by_id(image_id)
         else:
             pattern = IMAGE_NAME_PATTERNS.get(arch)
             if pattern is None:
@@ -273,24 +319,50 @@ class _Run:
             ]).get("Images", [])
         if not images:
             which = image_id or f"Amazon Linux 2023 ({arch})"
-            raise SdkError(f"no image {which} is available in {self.spec.region}; pass image_ids={{'{arch}': "
-                           "'ami-…'}")
+            raise SdkError(f"no image {which} is available in {self.spec.region}; pass image='ami-…' with an image "
+                           f"of {self.spec.region}")
         image = max(images, key=lambda item: item.get("CreationDate") or "")
         if image.get("Architecture") and image["Architecture"] != arch:
-            raise SdkError(f"image {image['ImageId']} is {image['Architecture']}, not {arch}")
+            what = f"image={image['ImageId']!r}" if self.spec.image else f"image {image['ImageId']}"
+            raise SdkError(f"{what} is {image['Architecture']}, but the cluster has {arch} types; pass an {arch} "
+                           "image or vm_type/scheduler_vm_type of its architecture")
         root = image.get("RootDeviceName") or "/dev/xvda"
         root_size = next((m.get("Ebs", {}).get("VolumeSize") for m in image.get("BlockDeviceMappings", [])
-                          if m.get("DeviceName") == root), None)
-        if root_size and self.spec.disk_size < int(root_size):
+                          if m.get("DeviceName") == root), None) or 0
+        if "disk_size" in self.spec.model_fields_set and self.spec.disk_size < int(root_size):
             raise SdkError(f"disk_size={self.spec.disk_size} GiB is smaller than the {root_size} GiB root volume of "
                            f"{image['ImageId']}; pass disk_size={root_size} or more")
         return _Image(image_id=image["ImageId"], root_device=root,
-                      block_devices=tuple(image.get("BlockDeviceMappings", [])))
+                      block_devices=tuple(image.get("BlockDeviceMappings", [])), root_size=int(root_size))
+
+    def _images_by_id(self, image_id: str) -> list[dict[str, Any]]:
+        """The image of that id (EC2 answers an id it does not know in the region with an error, not nothing)."""
+        try:
+            return self.ec2.describe_images(ImageIds=[image_id]).get("Images", [])
+        except ClientError as exc:
+            if not exc.response.get("Error", {}).get("Code", "").startswith("InvalidAMIID"):
+                raise
+            return []
+
+    def _gpu_image_id(self, arch: str) -> str:
+        """The region's newest Deep Learning Base AMI for ``arch``, from AWS's public SSM parameter."""
+        name = GPU_IMAGE_PARAMETER.format(arch=arch)
+        if self.ssm is None:
+            self.ssm = boto3.client("ssm", region_name=self.spec.region)
+        try:
+            return self.ssm.get_parameter(Name=name)["Parameter"]["Value"]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ParameterNotFound":
+                raise SdkError(f"{self.spec.region} has no Deep Learning Base AMI for {arch} GPUs ({name} not found); "
+                               f"pass image='ami-…' with an NVIDIA-driver image of {self.spec.region}") from None
+            raise SdkError(f"cannot read {name} in {self.spec.region} ({_describe_error(exc)}); allow "
+                           "ssm:GetParameter, or pass image='ami-…'") from None
 
     def _default_subnets(self) -> None:
         vpcs = self.ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}]).get("Vpcs", [])
         if not vpcs:
-            raise SdkError(f"{self.spec.region} has no default VPC, which vmguard launches into; create one with "
+            raise SdkError(f"{self.spec.region} has no default VPC to launch into; pass subnet_ids=['subnet-…'] "
+                           f"(subnets of one VPC), or create a default VPC with "
                            f"`aws ec2 create-default-vpc --region {self.spec.region}`")
         self.vpc_id = vpcs[0]["VpcId"]
         subnets = []
@@ -303,21 +375,59 @@ class _Run:
                            f"`aws ec2 create-default-subnet --availability-zone <zone>`")
         self.subnets = sorted(subnets, key=lambda subnet: subnet.zone)
 
+    def _given_subnets(self, subnet_ids: list[str]) -> None:
+        """``subnet_ids`` in the order given (the first AZ is tried first); their one VPC is the cluster's."""
+        try:
+            found = {s["SubnetId"]: s for s in self.ec2.describe_subnets(SubnetIds=subnet_ids).get("Subnets", [])}
+        except ClientError as exc:
+            if not exc.response.get("Error", {}).get("Code", "").startswith("InvalidSubnet"):
+                raise
+            raise SdkError(f"subnet_ids: {_describe_error(exc)}; pass subnets of {self.spec.region}") from None
+        missing = [subnet_id for subnet_id in subnet_ids if subnet_id not in found]
+        if missing:
+            raise SdkError(f"subnet_ids: {', '.join(missing)} not found in {self.spec.region}")
+        vpcs = sorted({subnet["VpcId"] for subnet in found.values()})
+        if len(vpcs) > 1:
+            raise SdkError(f"subnet_ids span {len(vpcs)} VPCs ({', '.join(vpcs)}); pass subnets of one VPC")
+        private = [subnet_id for subnet_id in subnet_ids if not found[subnet_id].get("MapPublicIpOnLaunch")]
+        if private and not self.spec.use_private_ip:
+            raise SdkError(f"{', '.join(private)} assigns no public IPv4 address, so this client could not reach the "
+                           "scheduler; pass use_private_ip=True (over a VPN or Direct Connect) or subnets that do")
+        self.vpc_id = vpcs[0]
+        self.subnets = [_Subnet(subnet_id, found[subnet_id]["AvailabilityZone"]) for subnet_id in subnet_ids]
+
+    def _extra_groups(self, group_ids: list[str]) -> None:
+        """``security_group_ids``, which must be groups of the cluster's VPC (AWS refuses others at launch)."""
+        if not group_ids:
+            return
+        try:
+            groups = self.ec2.describe_security_groups(GroupIds=group_ids).get("SecurityGroups", [])
+        except ClientError as exc:
+            if not exc.response.get("Error", {}).get("Code", "").startswith("InvalidGroup"):
+                raise
+            raise SdkError(f"security_group_ids: {_describe_error(exc)}; pass groups of {self.spec.region}") from None
+        elsewhere = sorted(group["GroupId"] for group in groups if group.get("VpcId") != self.vpc_id)
+        if elsewhere:
+            raise SdkError(f"security_group_ids: {', '.join(elsewhere)} is not in {self.vpc_id}, the cluster's VPC; "
+                           "pass groups of that VPC")
+        self.extra_groups = list(group_ids)
+
     def _offerings(self) -> None:
         """The AZs that offer each type (all AZs when the account may not ask)."""
         everywhere = {subnet.zone for subnet in self.subnets}
         try:
-            zones: dict[str, set[str]] = {name: set() for name in self.types}
+            zones: dict[str, set[str]] = {name: set() for name in self.every_type}
             for page in self.ec2.get_paginator("describe_instance_type_offerings").paginate(
-                    LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": self.types}]):
+                    LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": self.every_type}]):
                 for offer in page.get("InstanceTypeOfferings", []):
                     zones.setdefault(offer["InstanceType"], set()).add(offer["Location"])
         except ClientError as exc:
             log.info("cannot list instance type offerings (%s); trying every AZ", _describe_error(exc))
-            zones = {name: set(everywhere) for name in self.types}
+            zones = {name: set(everywhere) for name in self.every_type}
         self.zones = {name: (found & everywhere) for name, found in zones.items()}
-        if not any(self.zones.values()):
-            raise SdkError(f"no AZ of the default VPC in {self.spec.region} offers {', '.join(self.types)}; "
+        if not any(self.zones.get(name) for name in self.types):
+            where = "the subnet_ids" if self.spec.subnet_ids else "the default VPC"
+            raise SdkError(f"no AZ of {where} in {self.spec.region} offers {', '.join(self.types)}; "
                            "pass another vm_type")
 
     def _read_quotas(self) -> None:
@@ -386,14 +496,14 @@ class _Run:
             ebs = {key: value for key, value in mapping["Ebs"].items()
                    if key in ("SnapshotId", "VolumeSize", "VolumeType", "Iops", "Throughput")}
             devices.append({"DeviceName": name, "Ebs": {**ebs, "Encrypted": True, "DeleteOnTermination": True}})
-        root = {"VolumeSize": self.spec.disk_size, "VolumeType": ROOT_VOLUME_TYPE, "Encrypted": True,
-                "DeleteOnTermination": True}
+        root = {"VolumeSize": max(self.spec.disk_size, image.root_size), "VolumeType": ROOT_VOLUME_TYPE,
+                "Encrypted": True, "DeleteOnTermination": True}
         return [{"DeviceName": image.root_device, "Ebs": root}, *devices]
 
     def _request(self, role: str, instance_type: str, subnet: _Subnet, count: tuple[int, int], spot: bool,
                  scheduler_address: str | None) -> dict[str, Any]:
         info = self.infos[instance_type]
-        image = self.images[info.arch]
+        image = self.images[_image_key(info)]
         resource_types = ["instance", "volume", "network-interface"] + (["spot-instances-request"] if spot else [])
         self.calls += 1
         request: dict[str, Any] = {
@@ -402,7 +512,7 @@ class _Run:
             "MinCount": count[0],
             "MaxCount": count[1],
             "SubnetId": subnet.subnet_id,
-            "SecurityGroupIds": [self.security_group_id],
+            "SecurityGroupIds": [self.security_group_id, *self.extra_groups],
             "UserData": user_data(self._config(role, info.arch), scheduler_address),
             "MetadataOptions": dict(METADATA_OPTIONS),
             "BlockDeviceMappings": self._block_devices(image),
@@ -449,8 +559,8 @@ class _Run:
         return places
 
     def launch_scheduler(self) -> None:
-        """The scheduler, on-demand (losing it loses the cluster), the first type and AZ that has capacity."""
-        for instance_type in self.types:
+        """The scheduler, on-demand (losing it loses the cluster), the first of its types and AZs with capacity."""
+        for instance_type in self.scheduler_types:
             for subnet in self._places(instance_type):
                 request = self._request("scheduler", instance_type, subnet, (1, 1), False, None)
                 try:
@@ -584,6 +694,11 @@ class _Run:
         except Exception as exc:
             print(f"vmguard: cleaning up {self.cluster_id} failed ({exc}); look for resources tagged "
                   f"vmguard:cluster={self.cluster_id}", file=sys.stderr)
+
+
+def _image_key(info: InstanceType) -> tuple[str, bool]:
+    """Which image a type boots: its architecture, and whether it has NVIDIA GPUs (the DLAMI's driver)."""
+    return info.arch, (info.gpu_maker or "").upper() == "NVIDIA"
 
 
 def _summary(instance: dict[str, Any], market: str) -> dict[str, Any]:

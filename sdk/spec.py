@@ -21,6 +21,13 @@ gets a "did you mean"). Defaults are chosen to be safe and cheap without thinkin
 - Instance type: ``vm_type`` (one, or a list whose later entries are fallbacks when capacity runs out), or
   ``cpu``/``memory``/``gpu``/``arm`` resolved to the cheapest matching type (see :mod:`sdk.types`). With neither,
   the cheapest x86_64 type with 2 vCPUs and at least 8 GiB.
+- ``scheduler_vm_type=None``: the scheduler runs on the cheapest non-GPU type with 2 vCPUs and at least 8 GiB of
+  the workers' architecture (it schedules; a GPU there would bill for nothing).
+- ``image=None``: GPU types boot AWS's Deep Learning Base AMI with the NVIDIA driver, the others Amazon Linux
+  2023; an ``ami-…`` id boots every VM from that image instead.
+- ``subnet_ids=None``: the default VPC's default subnets; ``security_group_ids=[]``: only the cluster's own group;
+  ``use_private_ip=False``: the client reaches the scheduler at its public address (True: at its private one,
+  over a VPN or Direct Connect, which needs ``allow_ingress_from`` naming the networks it comes from).
 """
 
 from __future__ import annotations
@@ -66,6 +73,14 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 _REGION_SHAPE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$")
 """The shape ``guard.wire.ClusterRegistration`` accepts."""
 _VM_TYPE_SHAPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$")
+_RESOURCE_ID = {"image": re.compile(r"^ami-[0-9a-f]{8}(?:[0-9a-f]{9})?$"),
+                "subnet_ids": re.compile(r"^subnet-[0-9a-f]{8}(?:[0-9a-f]{9})?$"),
+                "security_group_ids": re.compile(r"^sg-[0-9a-f]{8}(?:[0-9a-f]{9})?$")}
+"""EC2 ids: a prefix and 8 (older) or 17 hex digits."""
+_ID_EXAMPLE = {"image": "ami-0123456789abcdef0", "subnet_ids": "subnet-0123456789abcdef0",
+               "security_group_ids": "sg-0123456789abcdef0"}
+MAX_EXTRA_GROUPS = 4
+"""AWS allows 5 security groups per network interface; the cluster's own group is one of them."""
 _TAG_TEXT = re.compile(r"^[\w .:/=+\-@]*$")
 """The characters AWS allows in tag keys and values on every resource type."""
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
@@ -84,6 +99,9 @@ _ARGUMENT_ALIASES = {
     "gpus": "gpu", "spot": "spot_policy", "use_spot": "spot_policy", "disk": "disk_size",
     "worker_disk_size": "disk_size", "no_client_timeout": "keepalive", "timeout": "idle_timeout",
     "ingress": "allow_ingress_from", "allow_ingress": "allow_ingress_from", "api_token": "token",
+    "scheduler_instance_type": "scheduler_vm_type", "ami": "image", "image_id": "image", "ami_id": "image",
+    "subnet_id": "subnet_ids", "subnets": "subnet_ids", "security_groups": "security_group_ids",
+    "security_group_id": "security_group_ids", "private_ip": "use_private_ip", "use_private_ips": "use_private_ip",
 }
 """Names people bring from other tools (Coiled, dask-cloudprovider), mapped to ours for the "did you mean"."""
 
@@ -176,6 +194,10 @@ class ClusterSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
 
     vm_type: list[str] | None = Field(None, description="an instance type, or a list: later ones are fallbacks")
+    scheduler_vm_type: str | None = Field(None, description="the scheduler's instance type; None: the cheapest "
+                                          "non-GPU type with 2 vCPUs and at least 8 GiB of the workers' architecture")
+    image: str | None = Field(None, description="an AMI id every VM boots from; None: the Deep Learning Base AMI "
+                              "(NVIDIA driver) for GPU types, Amazon Linux 2023 for the others")
     cpu: int | tuple[int, int] | None = Field(None, description="vCPUs per VM: exactly N, or a [min, max] range")
     memory: str | None = Field(None, description="memory per VM, at least this much: '16GiB', '16 GB'")
     gpu: bool | int | None = Field(None, description="NVIDIA GPUs per VM: a count, or True for at least one")
@@ -197,6 +219,12 @@ class ClusterSpec(BaseModel):
     max_hourly_usd: float | None = Field(default_factory=_default_max_hourly_usd)
     owner: str = Field(default_factory=_default_owner)
     allow_ingress_from: list[str] | None = Field(None, description="CIDRs that may reach the scheduler; None: mine")
+    subnet_ids: list[str] | None = Field(None, description="subnets of one VPC to launch into; None: the default "
+                                         "VPC's default subnets")
+    security_group_ids: list[str] = Field(default_factory=list, description="groups added to the cluster's own "
+                                          "on every VM")
+    use_private_ip: bool = Field(False, description="reach the scheduler at its private address (VPN, Direct "
+                                 "Connect)")
     daemon_url: str | None = Field(default_factory=lambda: os.environ.get(DAEMON_URL_ENV) or None)
     token: str | None = Field(default_factory=lambda: os.environ.get(TOKEN_ENV) or None, repr=False, exclude=True)
     credentials: Literal["local"] | None = Field("local", description="'local': the workers get this client's AWS "
@@ -251,6 +279,21 @@ class ClusterSpec(BaseModel):
             if name not in cleaned:
                 cleaned.append(name)
         return cleaned
+
+    @field_validator("scheduler_vm_type", mode="before")
+    @classmethod
+    def _scheduler_vm_type(cls, value: object) -> str | None:
+        if value is None:
+            return None
+        name = value.strip().lower() if isinstance(value, str) else None
+        if name is None or not _VM_TYPE_SHAPE.match(name):
+            raise ValueError(f"scheduler_vm_type={value!r} is not an instance type name; write it like 'm7g.large'")
+        return name
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _image(cls, value: object) -> str | None:
+        return None if value is None else _resource_id("image", value)
 
     @field_validator("cpu", mode="before")
     @classmethod
@@ -430,6 +473,26 @@ class ClusterSpec(BaseModel):
                 cidrs.append(str(network))
         return cidrs
 
+    @field_validator("subnet_ids", mode="before")
+    @classmethod
+    def _subnet_ids(cls, value: object) -> list[str] | None:
+        if value is None:
+            return None
+        ids = _resource_ids("subnet_ids", value)
+        if not ids:
+            raise ValueError("subnet_ids=[] names no subnet; pass subnets like ['subnet-0123456789abcdef0'], or "
+                             "leave it out for the default VPC")
+        return ids
+
+    @field_validator("security_group_ids", mode="before")
+    @classmethod
+    def _security_group_ids(cls, value: object) -> list[str]:
+        ids = [] if value is None else _resource_ids("security_group_ids", value)
+        if len(ids) > MAX_EXTRA_GROUPS:
+            raise ValueError(f"security_group_ids has {len(ids)} groups; AWS allows 5 per VM and the cluster needs "
+                             f"one of its own, so pass at most {MAX_EXTRA_GROUPS}")
+        return ids
+
     @field_validator("daemon_url", mode="before")
     @classmethod
     def _daemon_url(cls, value: object) -> str | None:
@@ -506,6 +569,14 @@ class ClusterSpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _private_ip_needs_its_networks(self) -> ClusterSpec:
+        if self.use_private_ip and self.allow_ingress_from is None:
+            raise ValueError("use_private_ip=True: pass allow_ingress_from=['10.0.0.0/8'] with the networks this "
+                             "client reaches the VPC from (its VPN or on-premises range); its public address is not "
+                             "where it will connect from")
+        return self
+
+    @model_validator(mode="after")
     def _one_way_to_choose_the_type(self) -> ClusterSpec:
         asked = [name for name in ("cpu", "memory", "gpu") if getattr(self, name) is not None]
         if self.vm_type is not None and asked:
@@ -546,6 +617,21 @@ class ClusterSpec(BaseModel):
 def _is_int(value: object) -> bool:
     return not isinstance(value, bool) and (
         isinstance(value, int) or (isinstance(value, float) and value.is_integer()))
+
+
+def _resource_id(field: str, value: object) -> str:
+    """One EC2 id of the field's kind (``ami-…``, ``subnet-…``, ``sg-…``), or a one-line error with an example."""
+    text = value.strip() if isinstance(value, str) else None
+    if text is None or not _RESOURCE_ID[field].match(text):
+        raise ValueError(f"{field}: {value!r} is not an id like '{_ID_EXAMPLE[field]}'")
+    return text
+
+
+def _resource_ids(field: str, value: object) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"{field} must be a list of ids like ['{_ID_EXAMPLE[field]}'], not {value!r}")
+    return list(dict.fromkeys(_resource_id(field, item) for item in items))
 
 
 def _unknown_argument(name: str, fields: list[str]) -> str:

@@ -14,6 +14,10 @@ runs out. Rules of the match, so a choice never surprises:
 - Never burstable (T family: CPU credits run out under a steady load), bare-metal, or unpriced types.
 - With nothing asked: 2 vCPUs and at least 8 GiB (a general-purpose VM with room for a Dask worker).
 
+The scheduler gets a type of its own (``resolve_scheduler_types``): ``scheduler_vm_type`` checked as above, or
+the cheapest non-GPU type of the default shape in the workers' architecture, found among the catalog's types
+of the region and checked with one ``DescribeInstanceTypes``; the workers' types follow it as its fallbacks.
+
 The region's list is fetched once per process and region (paginated; about 900 types on AWS).
 """
 
@@ -30,11 +34,13 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from guard.pricing import PriceCatalog, default_catalog
 from sdk.errors import SdkError
-from sdk.spec import ClusterSpec
+from sdk.spec import DEFAULT_REGION, ClusterSpec
 
 FALLBACK_PRICE_RATIO = 1.25
 """Automatic fallbacks cost at most this much more than the cheapest match."""
 MAX_FALLBACKS = 2
+SCHEDULER_CANDIDATES = 10
+"""The catalog's cheapest types of the scheduler's shape checked against the region in one call."""
 DEFAULT_CPU = 2
 DEFAULT_MEMORY_MIB = 8 * 1024
 ARCH_NAMES = {"arm64": "ARM", "x86_64": "x86"}
@@ -187,6 +193,56 @@ def resolve_instance_types(spec: ClusterSpec, ec2: Any, catalog: PriceCatalog | 
     if spec.vm_type is not None:
         return _check_named(spec, ec2, catalog)
     return _cheapest(spec, region_types(ec2), catalog)
+
+
+def resolve_scheduler_types(spec: ClusterSpec, ec2: Any, worker_types: list[str],
+                            catalog: PriceCatalog | None = None) -> list[str]:
+    """The scheduler's types, first choice first: its own type, then the workers' types as fallbacks.
+
+    Its own: ``spec.scheduler_vm_type`` checked like a ``vm_type``, or the cheapest on-demand, non-GPU type with
+    2 vCPUs and at least 8 GiB of the first worker type's architecture (a scheduler needs no GPU, and one of the
+    workers' architecture runs the same replicated environment).
+    """
+    catalog = catalog or default_catalog()
+    first = describe_types(ec2, worker_types[:1]).get(worker_types[0])
+    if first is None:
+        raise SdkError(f"{worker_types[0]} is not offered in {spec.region}; check vm_type")
+    arch = first.arch
+    if spec.scheduler_vm_type is not None:
+        checked = spec.model_copy(update={"vm_type": [spec.scheduler_vm_type], "arm": arch == "arm64",
+                                          "spot_policy": "on-demand"})
+        try:
+            own = _check_named(checked, ec2, catalog)[0]
+        except SdkError as exc:
+            raise SdkError(f"scheduler_vm_type: {exc}") from None
+    else:
+        own = _cheapest_scheduler(spec.region, arch, ec2, catalog)
+    return list(dict.fromkeys([own, *worker_types]))
+
+
+def _cheapest_scheduler(region: str, arch: str, ec2: Any, catalog: PriceCatalog) -> str:
+    want = _Want(arch=arch, cpu=(DEFAULT_CPU, DEFAULT_CPU), memory_mib=DEFAULT_MEMORY_MIB, gpu=None,
+                 market="on-demand")
+    names = _scheduler_candidates(region, arch, catalog)
+    offered = describe_types(ec2, names[:SCHEDULER_CANDIDATES]) if names else {}
+    if not any(_eligible(info, want) and _matches(info, want) for info in offered.values()):
+        offered = region_types(ec2)  # none of the cheapest is offered here: look through the region's whole list
+    for name in names:
+        if name in offered and _eligible(offered[name], want) and _matches(offered[name], want):
+            return name
+    raise SdkError(f"{region} offers no {arch} type with {want.text()} and no GPU for the scheduler; pass "
+                   "scheduler_vm_type")
+
+
+def _scheduler_candidates(region: str, arch: str, catalog: PriceCatalog) -> list[str]:
+    """The catalog's non-GPU types of the default shape and ``arch``, cheapest first: by the region's list prices,
+    or by those of the default region where the catalog prices nothing in this one (their order is much alike)."""
+    priced_in = region if any(True for _ in catalog.types_in(region)) else DEFAULT_REGION
+    candidates = sorted((price, info.instance_type) for info in catalog.types_in(priced_in)
+                        if info.arch == arch and not info.gpu_count and info.vcpus == DEFAULT_CPU
+                        and info.memory_gib * 1024 >= DEFAULT_MEMORY_MIB
+                        for price in [catalog.hourly_usd(info.instance_type, priced_in)] if price is not None)
+    return [name for _, name in candidates]
 
 
 # -- named types ----------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from botocore.client import BaseClient
 from botocore.config import Config
 
 from guard.aws import is_read_only
-from guard.sandbox.images import image_catalog_path
+from guard.sandbox.images import image_catalog_path, seed_image_parameters
 
 if TYPE_CHECKING:
     from werkzeug.serving import BaseWSGIServer
@@ -78,7 +78,7 @@ class SandboxError(RuntimeError):
 
 
 def _configure_moto() -> None:
-    """Moto's settings: our two images instead of its ~1,300, quiet request logs.
+    """Moto's settings: our images (``guard.sandbox.images``) instead of its ~1,300, quiet request logs.
 
     ``MOTO_AMIS_PATH`` is read when moto's EC2 models are first imported: if something imported them before
     (a ``mock_aws`` test, say), moto keeps its own images and Graviton instances report ``x86_64``.
@@ -333,10 +333,11 @@ class SandboxServer:
         boto3.setup_default_session()
 
     def reset(self) -> None:
-        """Empty the account (every service, every region) and lift its quotas; the request log is kept
-        (``clear_requests``)."""
+        """Empty the account (every service, every region) but for AWS's public image parameters, and lift its
+        quotas; the request log is kept (``clear_requests``)."""
         moto_api(self.endpoint_url, "reset")
         self.quotas.clear()
+        seed_image_parameters()
 
     def requests(self) -> list[ServedRequest]:
         """The AWS requests answered since the start or the last ``clear_requests``, oldest first, from any process.

@@ -138,6 +138,19 @@ def test_sizes_cpu_ranges_and_cidrs_are_normalised() -> None:
     ({"daemon_url": "ftp://x"}, "daemon_url='ftp://x' must be an http(s) URL"),
     ({"log_level": "chatty"}, "log_level='chatty' must be one of DEBUG"),
     ({"arm": "maybe"}, "arm='maybe': "),
+    ({"image": "ubuntu-22.04"}, "image: 'ubuntu-22.04' is not an id like 'ami-0123456789abcdef0'"),
+    ({"image": "ami-123"}, "image: 'ami-123' is not an id like 'ami-"),
+    ({"subnet_ids": []}, "subnet_ids=[] names no subnet; pass subnets like ['subnet-"),
+    ({"subnet_ids": ["subnet-0123456789abcdef0", "vpc-0123456789abcdef0"]},
+     "subnet_ids: 'vpc-0123456789abcdef0' is not an id like 'subnet-0123456789abcdef0'"),
+    ({"subnet_ids": {"subnet-0123456789abcdef0"}}, "subnet_ids must be a list of ids like ['subnet-"),
+    ({"security_group_ids": ["default"]}, "security_group_ids: 'default' is not an id like 'sg-0123456789abcdef0'"),
+    ({"security_group_ids": [f"sg-{n:08x}" for n in range(5)]}, "security_group_ids has 5 groups; AWS allows 5 per "
+                                                                 "VM and the cluster needs one of its own"),
+    ({"use_private_ip": True}, "use_private_ip=True: pass allow_ingress_from=['10.0.0.0/8'] with the networks"),
+    ({"scheduler_vm_type": "small"}, "scheduler_vm_type='small' is not an instance type name"),
+    ({"subnet": ["subnet-0123456789abcdef0"]}, "unknown argument 'subnet'; did you mean subnet_ids?"),
+    ({"ami": "ami-0123456789abcdef0"}, "unknown argument 'ami'; did you mean image?"),
 ])
 def test_every_bad_argument_is_one_line(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(SdkError) as error:
@@ -145,6 +158,17 @@ def test_every_bad_argument_is_one_line(kwargs: dict[str, Any], message: str) ->
     text = str(error.value)
     assert text.startswith(message), text
     assert "\n" not in text and "Value error" not in text and "pydantic" not in text
+
+
+def test_network_and_image_arguments_are_normalised() -> None:
+    s = spec(subnet_ids="subnet-0123456789abcdef0", security_group_ids=["sg-12345678", "sg-12345678"],
+             image=" ami-0123456789abcdef0 ", scheduler_vm_type=" M7G.Large", use_private_ip=True,
+             allow_ingress_from=["10.0.0.0/8"])
+    assert s.subnet_ids == ["subnet-0123456789abcdef0"] and s.security_group_ids == ["sg-12345678"]
+    assert s.image == "ami-0123456789abcdef0" and s.scheduler_vm_type == "m7g.large" and s.use_private_ip
+    defaults = spec()
+    assert (defaults.subnet_ids, defaults.security_group_ids, defaults.use_private_ip) == (None, [], False)
+    assert (defaults.image, defaults.scheduler_vm_type) == (None, None)
 
 
 def test_sdk_error_is_a_value_error_on_one_line() -> None:
@@ -219,6 +243,18 @@ def test_estimate_caps_on_the_priciest_fallback_and_hints_at_spot() -> None:
     assert "up to $" in str(estimate) and "spot workers usually cost less" in str(estimate)
     with pytest.raises(SdkError, match=r"^this cluster could cost up to \$"):
         check_cap(estimate, estimate.hourly_usd + 0.01)
+
+
+def test_estimate_prices_the_scheduler_at_its_own_types() -> None:
+    catalog = default_catalog()
+    s = spec(vm_type="g5.xlarge", n_workers=3)
+    price = {name: catalog.hourly_usd(name, "us-east-1") for name in ("m5a.large", "g5.xlarge")}
+    estimate = estimate_cost(s, ["g5.xlarge"], scheduler_types=["m5a.large", "g5.xlarge"])
+    extra = estimate.per_vm_extra_usd
+    assert estimate.hourly_usd == pytest.approx(price["m5a.large"] + 3 * price["g5.xlarge"] + 4 * extra)
+    # the scheduler may fall back to the workers' type: the cap holds for that too
+    assert estimate.worst_hourly_usd == pytest.approx(4 * (price["g5.xlarge"] + extra))
+    assert estimate_cost(s, ["g5.xlarge"]).hourly_usd == pytest.approx(estimate.worst_hourly_usd)
 
 
 def test_cap_refuses_with_the_figure_and_how_to_raise_it() -> None:

@@ -67,6 +67,8 @@ def test_the_sdk_policy_covers_every_call_of_a_clusters_life(sandbox: SandboxSer
     with sdk.Cluster(vm_type="m5.large", region=REGION, n_workers=1, keepalive="2 minutes", console=quiet,
                      spot_policy="spot_with_fallback", instance_profile=PROFILE) as cluster:
         assert cluster.get_client().submit(sum, [1, 2]).result(timeout=60) == 3
+    profiles = {r.params.get("IamInstanceProfile.Name") for r in sandbox.requests() if r.operation == "RunInstances"}
+    assert profiles == {PROFILE}  # every VM of that cluster runs with the role, and none gets forwarded credentials
     with sdk.Cluster(vm_type="m5.large", region=REGION, n_workers=1, keepalive="2 minutes", console=quiet,
                      environment=False) as cluster:  # credentials forwarded: GetSessionToken
         assert cluster.get_client().submit(sum, [1, 2]).result(timeout=60) == 3

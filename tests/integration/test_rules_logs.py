@@ -35,7 +35,9 @@ def test_findings_equal_the_ground_truth(team_account: GroundTruth, make_scanner
         expected = team_account.expected(rule)
         assert expected and set(rows) == set(expected), rule
         for key, truth in expected.items():
-            assert rows[key].waste_hourly_usd == pytest.approx(truth.waste_hourly_usd, rel=1e-6), key
+            # log-retention prices a group by its age at the scan, the truth at seeding: a scan that starts a
+            # minute later on a busy machine moves a 90-day-old group's figure by about 4e-6
+            assert rows[key].waste_hourly_usd == pytest.approx(truth.waste_hourly_usd, rel=1e-4), key
             assert rows[key].owner == truth.owner
         near_misses = {miss.key for miss in team_account.near_misses if miss.rule == rule}
         assert near_misses and not near_misses & set(rows), rule

@@ -34,7 +34,9 @@ INCREASE_URL = f"https://console.aws.amazon.com/servicequotas/home/services/ec2/
 
 @pytest.fixture
 def ec2(sandbox: SandboxServer) -> Iterator[Any]:
-    """An EC2 client that does not retry (each refused call is one call); the account's quotas lifted after."""
+    """An EC2 client that does not retry (each refused call is one call), on an empty account (instances left by
+    earlier tests would count against a vCPU quota); the account's quotas lifted after."""
+    sandbox.reset()
     yield boto3.client("ec2", region_name=REGION, config=Config(retries={"mode": "standard", "total_max_attempts": 1}))
     sandbox.quotas.clear()
 

@@ -22,6 +22,7 @@ from rich.console import Console
 
 import sdk
 from guard.sandbox import SandboxServer, VmRunner, sandbox_client
+from sdk.errors import SdkError
 from sdk.forwarding import CredentialForwarder
 from sdk.security import ClusterTls
 
@@ -148,3 +149,13 @@ def test_workers_read_private_data_with_forwarded_credentials_that_expire_and_ar
             assert client.submit(read_object, bucket, key, pure=False).result(timeout=30) == b"the team's data"
         finally:
             forwarder.stop()
+
+
+def test_a_missing_instance_profile_is_one_line_before_anything_launches(sandbox: SandboxServer, runner: VmRunner,
+                                                                         sdk_env: dict[str, str]) -> None:
+    sandbox.clear_requests()
+    with pytest.raises(SdkError, match=r"^instance_profile='no-such-profile' does not exist in this account; create"):
+        sdk.Cluster(vm_type=VM_TYPE, region=REGION, instance_profile="no-such-profile", console=quiet(),
+                    environment=False)
+    assert not [r.operation for r in sandbox.requests()
+                if r.operation in ("RunInstances", "CreateSecurityGroup") or r.operation.startswith("PUT /")]

@@ -7,6 +7,7 @@
 
     score(3)                     # runs remotely, blocks
     list(score.map(range(100)))  # fan-out, results in order
+    results = score.map(inputs, errors="skip", retries=2)  # failed inputs left out, listed in results.failures
 
     sdk.price_table(cpu=4, memory="16GiB", regions=["us-east-1", "eu-west-1"])  # what to try, and its price
 

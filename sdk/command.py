@@ -8,7 +8,8 @@ The client writes the lines to its own stdout and stderr as they come and return
 
 The command runs in the worker's process environment: the replicated Python first on ``PATH`` (so ``python`` is
 the environment's), the forwarded AWS credentials and ``environ``, ``PYTHONUNBUFFERED=1`` so a script's prints
-arrive as they are printed. It runs once: a worker that ends while it runs fails the command (Dask would otherwise
+arrive as they are printed, and the cluster's address and TLS, so ``distributed.Client()`` in the command uses the
+cluster (``command_environ``). It runs once: a worker that ends while it runs fails the command (Dask would otherwise
 run it again elsewhere). A worker that closes (keepalive, max lifetime, SIGTERM) kills it; what the command
 leaves running in the background when it exits is killed with it (its session).
 """
@@ -74,17 +75,31 @@ def run_on_worker(argv: list[str], files: dict[str, bytes], topic: str) -> int:
         for name, content in files.items():
             (workdir / name).parent.mkdir(parents=True, exist_ok=True)
             (workdir / name).write_bytes(content)
-        code = _run(argv, workdir, send, lambda: worker.status.name not in ("running", "paused"))
+        code = _run(argv, workdir, command_environ(worker), send,
+                    lambda: worker.status.name not in ("running", "paused"))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     send({"exit": code})
     return code
 
 
-def _run(argv: list[str], workdir: Path, send, closing) -> int:
-    """The subprocess, its two streams pumped line by line, killed (its whole session) if ``closing()``."""
-    environ = os.environ | {"PYTHONUNBUFFERED": "1",
+def command_environ(worker: Any) -> dict[str, str]:
+    """The command's environment: the worker's, with the replicated Python first on ``PATH``, unbuffered output,
+    and what lets its own ``distributed.Client()`` reach the cluster: the scheduler's address and, on a TLS
+    cluster, the cluster's CA and this VM's certificate (Dask reads PEM text from its config variables)."""
+    environ = os.environ | {"PYTHONUNBUFFERED": "1", "DASK_SCHEDULER_ADDRESS": worker.scheduler.address,
                             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    security = worker.security
+    if security.tls_ca_file and security.tls_client_cert:
+        environ |= {"DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
+                    "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": security.tls_ca_file,
+                    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": security.tls_client_cert,
+                    "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": security.tls_client_key}
+    return environ
+
+
+def _run(argv: list[str], workdir: Path, environ: dict[str, str], send, closing) -> int:
+    """The subprocess, its two streams pumped line by line, killed (its whole session) if ``closing()``."""
     try:
         process = subprocess.Popen(argv, cwd=workdir, env=environ, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, start_new_session=True)

@@ -90,3 +90,13 @@ def test_a_missing_command_is_127_and_a_bad_option_is_one_line_and_2(runner: VmR
         "vmguard: error: spot_policy='spto' is not a policy; did you mean 'spot'? use one of on-demand, spot, "
         "spot_with_fallback"]
     assert_nothing_left(runner)
+
+
+def test_with_more_workers_the_command_uses_the_cluster(runner: VmRunner, sdk_env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    script = "from distributed import Client; print(Client().submit(sum, [1, 2]).result(), flush=True)"
+    process = vmguard("--n-workers", "2", "--", "python", "-c", script, cwd=tmp_path, env=sdk_env)
+    stdout, stderr = process.communicate(timeout=180)
+    assert (process.returncode, stdout) == (0, "3\n"), stderr
+    assert "2 worker(s) of m5.large" in stderr
+    assert_nothing_left(runner)

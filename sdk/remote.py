@@ -19,6 +19,7 @@ import functools
 import inspect
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, ParamSpec, TypeVar
 
@@ -94,7 +95,7 @@ def _check_parameters(fn: Callable[..., Any]) -> None:
     clash = [name for name in RESERVED if name in parameters]
     if clash:
         raise SdkError(f"{getattr(fn, '__name__', fn)!s} has a parameter named {clash[0]!r}, which submit and map "
-                       f"keep for themselves; rename it (or wrap the function)")
+                       "keep for themselves; rename it (or wrap the function)")
 
 
 @dataclass(frozen=True)
@@ -130,12 +131,13 @@ class MapResults(Generic[R]):
         while self._next < len(self.futures):
             future = self.futures[self._next]
             self._next += 1
-            if self._errors == "raise":
-                return future.result()
             try:
                 return future.result()
-            except Exception:  # noqa: BLE001 - listed in .failures, as errors="skip" asks (a cancellation is not)
-                continue
+            except CancelledError:
+                raise  # the cluster went away: not a failure of this input
+            except Exception:  # noqa: BLE001 - skipped: listed in .failures
+                if self._errors == "raise":
+                    raise
         raise StopIteration
 
     @property

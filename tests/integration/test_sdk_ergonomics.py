@@ -41,3 +41,12 @@ def test_retries_and_skipped_failures_on_a_launched_cluster(runner: VmRunner, sd
         assert (worker["nthreads"], worker["memory_limit"]) == (3, 2**30)  # threads_per_worker, worker_memory
     finally:
         remote.cluster.close()
+
+
+def test_worker_memory_above_the_vms_is_one_line_before_launch(runner: VmRunner, sdk_env: dict[str, str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VMGUARD_DAEMON_URL", raising=False)
+    with pytest.raises(sdk.SdkError, match=r"^worker_memory \(64 GiB\) is more than m5.large has \(8 GiB\); pass at "
+                                           r"most that, or a larger vm_type$"):
+        sdk.Cluster(**CLUSTER | {"worker_memory": "64GiB"})
+    assert not runner.processes()

@@ -4,6 +4,7 @@ its output comes back as it is printed, its exit code is the process's, and noth
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -99,4 +100,19 @@ def test_with_more_workers_the_command_uses_the_cluster(runner: VmRunner, sdk_en
     stdout, stderr = process.communicate(timeout=180)
     assert (process.returncode, stdout) == (0, "3\n"), stderr
     assert "2 worker(s) of m5.large" in stderr
+    assert_nothing_left(runner)
+
+
+def test_ctrl_c_shuts_the_cluster_down_and_exits_130(runner: VmRunner, sdk_env: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    script = "import time; print('started', flush=True); time.sleep(120)"
+    process = vmguard("python", "-c", script, cwd=tmp_path, env=sdk_env)
+    try:
+        assert process.stdout.readline() == "started\n"
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "shut down" in stderr
     assert_nothing_left(runner)

@@ -116,3 +116,15 @@ def test_ctrl_c_shuts_the_cluster_down_and_exits_130(runner: VmRunner, sdk_env: 
     assert process.returncode == 130, stderr
     assert "shut down" in stderr
     assert_nothing_left(runner)
+
+
+def test_by_default_the_command_runs_in_this_environment_replicated(runner: VmRunner, sdk_env: dict[str, str],
+                                                                    tmp_path: Path) -> None:
+    (tmp_path / "where.py").write_text("import sys\nprint(sys.prefix)\n")
+    environment = {k: v for k, v in os.environ.items() if k != "VMGUARD_DAEMON_URL"} | sdk_env
+    process = subprocess.run([*VMGUARD[:-1], "--", "python", "where.py"], cwd=tmp_path, env=environment,
+                             capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr
+    assert "sandbox-venvs" in process.stdout and process.stdout.strip() != sys.prefix, process.stdout
+    assert "vmguard: environment " in process.stderr  # replicated, as sdk.Cluster does
+    assert_nothing_left(runner)

@@ -172,7 +172,7 @@ def compare(fn: Callable[[Any], Any], inputs: Iterable[Any], vm_types: Sequence[
     the table (default stdout).
     """
     items = _inputs(fn, inputs)
-    plans = [_plan(kwargs) for kwargs in _configurations(vm_types, regions, n_workers, cluster_kwargs)]
+    plans = [_plan(kwargs, spec) for kwargs, spec in _configurations(vm_types, regions, n_workers, cluster_kwargs)]
     total = _hourly_total(plans)
     _check_cap_of_all(plans, total, plans[0].spec.max_hourly_usd)
     out = console or Console(stderr=True)
@@ -202,8 +202,9 @@ def _inputs(fn: object, inputs: Iterable[Any]) -> list[Any]:
 
 
 def _configurations(vm_types: Sequence[str] | str, regions: Sequence[str] | str | None, n_workers: int,
-                    cluster_kwargs: dict[str, Any]) -> list[dict[str, Any]]:
-    """The ``sdk.Cluster`` arguments of each configuration, vm_types × regions, each checked as Cluster does."""
+                    cluster_kwargs: dict[str, Any]) -> list[tuple[dict[str, Any], ClusterSpec]]:
+    """The ``sdk.Cluster`` arguments of each configuration, vm_types × regions, and their spec: a wrong argument is
+    one line before any AWS call."""
     for name, instead in (("vm_type", "vm_types"), ("region", "regions"), ("fallback_regions", "regions")):
         if name in cluster_kwargs:
             raise SdkError(f"compare() takes {instead}=[...], not {name}=: each configuration is one type in one "
@@ -214,9 +215,7 @@ def _configurations(vm_types: Sequence[str] | str, regions: Sequence[str] | str 
     places = [{}] if regions is None else [{"region": r} for r in _names("regions", regions, "['us-east-1']")]
     configurations = [{**cluster_kwargs, "vm_type": name, "n_workers": n_workers, **place}
                       for name in types for place in places]
-    for kwargs in configurations:
-        ClusterSpec.from_kwargs(**kwargs)  # a wrong argument is one line before any AWS call
-    return configurations
+    return [(kwargs, ClusterSpec.from_kwargs(**kwargs)) for kwargs in configurations]
 
 
 def _names(what: str, value: Sequence[str] | str, example: str) -> list[str]:
@@ -233,10 +232,9 @@ def _names(what: str, value: Sequence[str] | str, example: str) -> list[str]:
     return cleaned
 
 
-def _plan(kwargs: dict[str, Any]) -> _Plan:
+def _plan(kwargs: dict[str, Any], spec: ClusterSpec) -> _Plan:
     """Price a configuration as its cluster will (the region's types, the scheduler's own type); a type the region
     does not offer, or a price unknown under a cap, makes it a configuration that cannot launch."""
-    spec = ClusterSpec.from_kwargs(**kwargs)
     ec2 = boto3.client("ec2", region_name=spec.region, config=_AWS_CONFIG)
     arch = None
     try:

@@ -72,6 +72,7 @@ class ComparisonRow:
 
     @property
     def usd_per_input(self) -> float | None:
+        """The run's cost over every input, those that failed included."""
         cost = self.run_usd
         return None if cost is None else cost / self.inputs
 
@@ -82,7 +83,8 @@ class ComparisonRow:
 
 @dataclass(frozen=True)
 class Comparison:
-    """One row per configuration, cheapest per input first (those that did not run last); prints as a table."""
+    """One row per configuration, cheapest per input first — after the rows with fewer failing inputs, and those
+    that did not run last; prints as a table."""
 
     function: str
     rows: tuple[ComparisonRow, ...]
@@ -122,8 +124,10 @@ class Comparison:
 
 
 def _cheapest_first(row: ComparisonRow) -> tuple:
+    """Rows that ran before those that did not; fewer failing inputs first (a run whose inputs failed ended early,
+    so its cost per input says little); then cheapest per input."""
     cost = row.usd_per_input
-    return (cost is None, cost or 0.0, row.wall_seconds is None, row.vm_type, row.region)
+    return (row.failures is None, row.failures or 0, cost is None, cost or 0.0, row.vm_type, row.region)
 
 
 def _money(value: float | None) -> str:

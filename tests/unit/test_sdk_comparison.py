@@ -29,14 +29,15 @@ def test_a_run_costs_its_hourly_estimate_times_its_wall_time() -> None:
     assert done.record() == {name: getattr(done, name) for name in COLUMNS}
 
 
-def test_rows_are_cheapest_per_input_first_and_those_that_did_not_run_last() -> None:
+def test_rows_are_cheapest_per_input_first_after_fewer_failures_and_those_that_did_not_run_last() -> None:
     comparison = sdk.Comparison("score", (
         row("m5.large", wall=None, error="could not launch: InsufficientInstanceCapacity"),
         row("c7i.large", wall=20.0, hourly=0.30),
         row("m7g.large", wall=12.0, hourly=0.30),
+        row("c7g.large", wall=0.5, hourly=0.30, failures=100, error="input 0: ModuleNotFoundError: No module"),
         row("r7i.large", wall=11.0, hourly=0.50),
     ))
-    assert [r.vm_type for r in comparison.rows] == ["m7g.large", "r7i.large", "c7i.large", "m5.large"]
+    assert [r.vm_type for r in comparison.rows] == ["m7g.large", "r7i.large", "c7i.large", "c7g.large", "m5.large"]
 
 
 def test_the_table_shows_every_figure_and_why_a_configuration_did_not_run() -> None:

@@ -12,6 +12,7 @@ import types
 from pathlib import Path
 
 import pytest
+from faults import FaultProxy
 from polling import wait_for
 from rich.console import Console
 
@@ -35,8 +36,8 @@ class FakePandas(types.ModuleType):
         return data, columns
 
 
-def live_instances(endpoint_url: str) -> list[str]:
-    ec2 = sandbox_client(endpoint_url, "ec2", REGION)
+def live_instances(endpoint_url: str, region: str = REGION) -> list[str]:
+    ec2 = sandbox_client(endpoint_url, "ec2", region)
     found = ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
     return [i["InstanceId"] for r in found["Reservations"] for i in r["Instances"]]
 
@@ -83,6 +84,22 @@ def test_two_configurations_run_the_same_inputs_each_timed_priced_and_torn_down(
     assert columns == ["vm_type", "region", "arch", "workers", "inputs", "wall_seconds", "hourly_usd", "run_usd",
                        "usd_per_input", "failures", "error"]
     assert [record["vm_type"] for record in data] == [row.vm_type for row in comparison.rows]
+
+
+def test_a_configuration_whose_launch_fails_says_why_in_its_row_and_the_others_run(
+        runner: VmRunner, sdk_env: dict[str, str], sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    with FaultProxy(sandbox.endpoint_url) as proxy:
+        proxy.fail("RunInstances", code="InsufficientInstanceCapacity", region="us-west-2",
+                   message="We currently do not have sufficient m5.large capacity")
+        monkeypatch.setenv("AWS_ENDPOINT_URL_EC2", proxy.url)
+        comparison = sdk.compare(abs, range(-2, 2), vm_types="m5.large", regions=[REGION, "us-west-2"],
+                                 environment=False, keepalive="2 minutes", console=Console(file=io.StringIO()))
+        assert proxy.faulted("RunInstances") >= 1
+    east, west = comparison.rows
+    assert (east.region, east.failures, east.workers) == (REGION, 0, 1) and east.wall_seconds > 0
+    assert west.region == "us-west-2" and west.wall_seconds is None and west.failures is None
+    assert west.error.startswith("could not launch: ") and "InsufficientInstanceCapacity" in west.error
+    assert not live_instances(sandbox.endpoint_url) and not live_instances(sandbox.endpoint_url, "us-west-2")
 
 
 def test_a_comparison_above_the_cap_together_is_refused_before_any_launch(

@@ -278,7 +278,8 @@ def _run_all(fn: Callable[[Any], Any], items: list[Any], plans: list[_Plan], con
     """Every configuration that can launch, each in a thread of its own; the rows in the plans' order.
 
     On Ctrl-C every run is told to stop and closes its cluster (one still launching, once it has launched) before
-    the interrupt goes on; a second Ctrl-C stops the wait, not the closing.
+    the interrupt goes on; a second Ctrl-C stops the wait, not the closing. A cluster that could not be shut down
+    fails the whole comparison with its error (which says what to look for), once the other runs are over.
     """
     stop = threading.Event()
     rows = {i: plan.row(len(items)) for i, plan in enumerate(plans) if plan.error}

@@ -10,7 +10,6 @@
     results = score.map(inputs, errors="skip", retries=2)  # failed inputs left out, listed in results.failures
 
     sdk.price_table(cpu=4, memory="16GiB", regions=["us-east-1", "eu-west-1"])  # what to try, and its price
-    sdk.compare(score, range(100), vm_types=["m7i.xlarge", "m7g.xlarge"])          # try it: time and cost per input
 
 From a shell, ``vmguard run --vm-type m7g.large -- python train.py`` runs a script on a guarded VM (``sdk.cli``).
 
@@ -25,15 +24,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sdk.cluster import Cluster
     from sdk.errors import SdkError
-    from sdk.experiments import Comparison, compare
     from sdk.prices import PriceTable, price_table
     from sdk.remote import Function, function
 
-__all__ = ["Cluster", "Comparison", "Function", "PriceTable", "SdkError", "compare", "function", "price_table"]
+__all__ = ["Cluster", "Function", "PriceTable", "SdkError", "function", "price_table"]
 
 _HOME = {"Cluster": "sdk.cluster", "Function": "sdk.remote", "function": "sdk.remote", "SdkError": "sdk.errors",
-         "price_table": "sdk.prices", "PriceTable": "sdk.prices", "compare": "sdk.experiments",
-         "Comparison": "sdk.experiments"}
+         "price_table": "sdk.prices", "PriceTable": "sdk.prices"}
 """Where each public name lives. No submodule is named like a public name: importing ``sdk.<module>`` sets the
 package attribute ``<module>``, which would then hide the name of the same spelling."""
 

@@ -7,11 +7,8 @@
 
     score(3)                     # runs remotely, blocks
     list(score.map(range(100)))  # fan-out, results in order
-    results = score.map(inputs, errors="skip", retries=2)  # failed inputs left out, listed in results.failures
 
     sdk.price_table(cpu=4, memory="16GiB", regions=["us-east-1", "eu-west-1"])  # what to try, and its price
-
-From a shell, ``vmguard run --vm-type m7g.large -- python train.py`` runs a script on a guarded VM (``sdk.cli``).
 
 Names are imported on first use, so the on-VM agent (``python -m sdk.vm``) does not load the launch machinery.
 """

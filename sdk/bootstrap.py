@@ -65,8 +65,8 @@ def vm_config(spec: ClusterSpec, role: str, cluster_id: str) -> dict[str, Any]:
         "idle_timeout_seconds": spec.idle_timeout_seconds,
         "max_lifetime_seconds": spec.max_lifetime_seconds,
         "log_level": spec.log_level,
-        "nthreads": spec.threads_per_worker,
-        "memory_limit": spec.worker_memory_bytes or "auto",
+        "nthreads": None,
+        "memory_limit": "auto",
     }
 
 

@@ -36,7 +36,7 @@ from sdk.launch import Launched, launch, teardown
 from sdk.network import client_cidrs
 from sdk.security import ClusterTls, KeyDrop
 from sdk.spec import ClusterSpec, client_log_level
-from sdk.types import check_worker_memory, describe_types, resolve_instance_types, resolve_scheduler_types
+from sdk.types import describe_types, resolve_instance_types, resolve_scheduler_types
 from sdk.usage import ClusterUsage
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,6 @@ class Cluster:
             ec2 = boto3.client("ec2", region_name=region, config=_AWS_CONFIG)
             try:
                 types = resolve_instance_types(spec, ec2)
-                check_worker_memory(spec, ec2, types)
                 schedulers = resolve_scheduler_types(spec, ec2, types)
                 estimate = estimate_cost(spec, types, scheduler_types=schedulers)
                 self.console.print(f"vmguard: {spec.n_workers} worker(s) of {types[0]} + 1 scheduler of "

@@ -10,8 +10,6 @@ gets a "did you mean"). Defaults are chosen to be safe and cheap without thinkin
 - ``idle_timeout="1 hour"``: and when no task ran for that long (``None``: never for idleness).
 - ``max_lifetime="24h"``: a hard cap armed on every VM at boot; it cannot be turned off.
 - ``spot_policy="on-demand"``; ``disk_size=50`` (GiB, gp3, encrypted).
-- ``threads_per_worker=None``: one Dask thread per vCPU; ``worker_memory=None``: a worker may use all of its VM's
-  memory (Dask's ``memory_limit="auto"``); a size like ``"12GiB"`` makes Dask spill and restart it sooner.
 - ``max_hourly_usd``: ``VMGUARD_MAX_HOURLY_USD`` or $10/hour; ``None`` launches without a cost cap.
 - ``region``: ``AWS_DEFAULT_REGION`` (or the AWS config's region), else ``us-east-1``; a list is tried in order,
   the next region only when the one before had no capacity (``fallback_regions`` holds the rest).
@@ -62,8 +60,6 @@ DEFAULT_MAX_HOURLY_USD = 10.0
 """Enough for a few dozen general-purpose VMs; a typo that asks for 1,000 GPUs stops here."""
 MAX_WORKERS = 10_000
 """CreateFleet's ceiling per request; beyond it no single launch makes sense."""
-MAX_THREADS = 1024
-"""More Dask threads than the largest EC2 type has vCPUs (448) is a typo."""
 MIN_DISK_GIB, MAX_DISK_GIB = 8, 16_384
 """An Amazon Linux root volume needs 8 GiB; gp3 volumes end at 16 TiB."""
 MAX_USER_TAGS = 40
@@ -104,8 +100,6 @@ _ARGUMENT_ALIASES = {
     "worker_disk_size": "disk_size", "no_client_timeout": "keepalive", "timeout": "idle_timeout",
     "ingress": "allow_ingress_from", "allow_ingress": "allow_ingress_from", "api_token": "token",
     "scheduler_instance_type": "scheduler_vm_type", "ami": "image", "image_id": "image", "ami_id": "image",
-    "worker_count": "n_workers", "nthreads": "threads_per_worker", "threads": "threads_per_worker",
-    "memory_limit": "worker_memory", "worker_memory_limit": "worker_memory",
     "subnet_id": "subnet_ids", "subnets": "subnet_ids", "security_groups": "security_group_ids",
     "security_group_id": "security_group_ids", "private_ip": "use_private_ip", "use_private_ips": "use_private_ip",
 }
@@ -221,9 +215,6 @@ class ClusterSpec(BaseModel):
     boot_timeout: Duration = Field(timedelta(minutes=10), description="how long to wait for the scheduler")
     spot_policy: SpotPolicy = "on-demand"
     disk_size: int = Field(50, description="GiB of encrypted gp3 root volume per VM")
-    threads_per_worker: int | None = Field(None, description="Dask threads per worker; None: one per vCPU")
-    worker_memory: str | None = Field(None, description="the memory a worker may use before Dask spills and "
-                                      "restarts it, like '12GiB'; None: all of the VM's")
     tags: dict[str, str] = Field(default_factory=dict)
     max_hourly_usd: float | None = Field(default_factory=_default_max_hourly_usd)
     owner: str = Field(default_factory=_default_owner)
@@ -414,19 +405,6 @@ class ClusterSpec(BaseModel):
             raise ValueError(f"disk_size={value!r} must be {MIN_DISK_GIB} to {MAX_DISK_GIB:,} GiB")
         return int(gib)
 
-    @field_validator("threads_per_worker", mode="before")
-    @classmethod
-    def _threads_per_worker(cls, value: object) -> int | None:
-        if value is not None and (not _is_int(value) or not 1 <= int(value) <= MAX_THREADS):
-            raise ValueError(f"threads_per_worker={value!r} must be a whole number from 1 to {MAX_THREADS}, or None "
-                             "for one per vCPU")
-        return None if value is None else int(value)
-
-    @field_validator("worker_memory", mode="before")
-    @classmethod
-    def _worker_memory(cls, value: object) -> str | None:
-        return None if value is None else f"{parse_size_mib(value, 'worker_memory')}MiB"
-
     # -- money, people, network -------------------------------------------------------------------------------
 
     @field_validator("tags", mode="before")
@@ -616,10 +594,6 @@ class ClusterSpec(BaseModel):
     @property
     def memory_mib(self) -> int | None:
         return None if self.memory is None else int(self.memory.removesuffix("MiB"))
-
-    @property
-    def worker_memory_bytes(self) -> int | None:
-        return None if self.worker_memory is None else int(self.worker_memory.removesuffix("MiB")) * 2**20
 
     @property
     def cpu_range(self) -> tuple[int, int] | None:

@@ -195,19 +195,6 @@ def resolve_instance_types(spec: ClusterSpec, ec2: Any, catalog: PriceCatalog | 
     return _cheapest(spec, region_types(ec2), catalog)
 
 
-def check_worker_memory(spec: ClusterSpec, ec2: Any, worker_types: list[str]) -> None:
-    """``worker_memory`` fits every worker type, fallbacks too: above its VM's memory, the kernel, not Dask, would
-    end a worker that grows (Dask spills and restarts it only at ``worker_memory``)."""
-    if spec.worker_memory_bytes is None:
-        return
-    infos = describe_types(ec2, worker_types).values()
-    small = [info for info in infos if info.memory_mib * 2**20 < spec.worker_memory_bytes]
-    if small:
-        smallest = min(small, key=lambda info: info.memory_mib)
-        raise SdkError(f"worker_memory ({spec.worker_memory_bytes / 2**30:g} GiB) is more than {smallest.name} has "
-                       f"({smallest.memory_mib / 1024:g} GiB); pass at most that, or a larger vm_type")
-
-
 def resolve_scheduler_types(spec: ClusterSpec, ec2: Any, worker_types: list[str],
                             catalog: PriceCatalog | None = None) -> list[str]:
     """The scheduler's types, first choice first: its own type, then the workers' types as fallbacks.

@@ -121,9 +121,6 @@ class VmConfig:
         if self.nthreads is not None and (isinstance(self.nthreads, bool) or not isinstance(self.nthreads, int)
                                           or self.nthreads < 1):
             raise ConfigError(f"nthreads must be a positive integer, not {self.nthreads!r}")
-        memory = self.memory_limit
-        if not (memory in (None, "auto") or (isinstance(memory, int) and not isinstance(memory, bool) and memory > 0)):
-            raise ConfigError(f"memory_limit must be a positive number of bytes or 'auto', not {memory!r}")
         if not isinstance(logging.getLevelName(str(self.log_level).upper()), int):
             raise ConfigError(f"log_level must be a logging level name, not {self.log_level!r}")
         if self.tls is not None and not (isinstance(self.tls, dict) and all(

@@ -318,12 +318,6 @@ def _is_remote(source: str) -> bool:
     return urlparse(source).scheme in ("http", "https")
 
 
-def workdir_modules(workdir: Path) -> tuple[Path, ...]:
-    """The working directory's code as ``capture`` finds it: top-level modules, then its packages' files (all of
-    them, even a package an installed local project carries too)."""
-    return _modules(workdir.resolve(), ())
-
-
 def _modules(workdir: Path, packages: tuple[Package, ...]) -> tuple[Path, ...]:
     """The working directory's top-level modules, then the .py files of its packages.
 

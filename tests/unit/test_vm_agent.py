@@ -175,7 +175,6 @@ def test_sigterm_is_a_clean_exit_for_a_worker(start_agent) -> None:
     (json.dumps(_config(keepalive_seconds=0)), "keepalive_seconds"),
     (json.dumps(_config(scheduler_port=70000)), "scheduler_port"),
     (json.dumps(_config(nthreads=0)), "nthreads"),
-    (json.dumps(_config(memory_limit="lots")), "memory_limit"),
     (json.dumps(_config(log_level="LOUD")), "log_level"),
 ])
 def test_a_bad_config_is_refused_with_its_reason(config: str, message: str) -> None:

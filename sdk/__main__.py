@@ -1,7 +1,0 @@
-"""``python -m sdk``: the ``vmguard`` command line (``sdk.cli``)."""
-
-import sys
-
-from sdk.cli import main
-
-sys.exit(main())

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from sdk.errors import SdkError
 
 log = logging.getLogger(__name__)
@@ -81,13 +83,7 @@ def mint_credentials(session: Any, lifetime: timedelta = CREDENTIALS_LIFETIME) -
                           creds["Expiration"])
 
 
-def _worker_plugin_base() -> type:
-    from distributed.diagnostics.plugin import WorkerPlugin
-
-    return WorkerPlugin
-
-
-class ForwardedEnviron(_worker_plugin_base()):
+class ForwardedEnviron(WorkerPlugin):
     """A worker plugin that sets variables in the worker's process (registering it again replaces the values).
 
     ``drop``: variables removed first (the credentials of an earlier registration that the new one lacks)."""

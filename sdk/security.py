@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from sdk.environment.ship import S3_ENV, parse_location, presign, s3_client
 from sdk.errors import SdkError
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,6 @@ CERT_MARGIN = timedelta(days=1)
 """Certificates outlive the cluster's ``max_lifetime`` by this much (clocks drift, VMs boot late)."""
 FETCH_TIMEOUT_SECONDS = 120.0
 """How long a VM keeps trying to fetch its keys (the S3 object is written before the VM is launched)."""
-S3_ENV = "VMGUARD_ENV_S3"
 
 
 @dataclass(frozen=True)
@@ -137,8 +137,6 @@ class KeyDrop:
         """Write the VMs' material to ``location`` (``s3://bucket/prefix/``; default ``$VMGUARD_ENV_S3``), SSE
         encrypted, and presign a GET valid for ``expires``."""
         from botocore.exceptions import BotoCoreError, ClientError
-
-        from sdk.environment.ship import parse_location, presign, s3_client
 
         location = location or os.environ.get(S3_ENV)
         if not location:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from guard.sandbox import metrics
 from guard.sandbox.backdate import backdate
 from guard.sandbox.images import architecture, image_for
-from guard.sandbox.server import SandboxError, in_this_process, moto_api, sandbox_client
+from guard.sandbox.server import SandboxError, in_this_process, moto_api, seeding_client
 from guard.sandbox.truth import (
     UNKNOWN_OWNER,
     GroundTruth,
@@ -173,7 +173,7 @@ def _days_ago(now: datetime, rng: random.Random, low: float, high: float) -> dat
 def _run_instances(endpoint_url: str, region: str, instance_type: str, count: int,
                    tags: list[dict[str, str]]) -> tuple[list[str], str]:
     """One RunInstances call; the new ids and their availability zone."""
-    reply = sandbox_client(endpoint_url, "ec2", region).run_instances(
+    reply = seeding_client(endpoint_url, "ec2", region).run_instances(
         ImageId=image_for(instance_type), InstanceType=instance_type, MinCount=count, MaxCount=count,
         **_tag_specs(tags, "instance", "volume"))
     instances = reply["Instances"]
@@ -183,7 +183,7 @@ def _run_instances(endpoint_url: str, region: str, instance_type: str, count: in
 def _create_volume(endpoint_url: str, region: str, zone: str, volume_type: str, size_gib: int,
                    tags: list[dict[str, str]]) -> str:
     extra = {"Iops": _IO1_IOPS} if volume_type == "io1" else {}
-    reply = sandbox_client(endpoint_url, "ec2", region).create_volume(
+    reply = seeding_client(endpoint_url, "ec2", region).create_volume(
         AvailabilityZone=zone, Size=size_gib, VolumeType=volume_type, **extra, **_tag_specs(tags, "volume"))
     return reply["VolumeId"]
 
@@ -200,7 +200,7 @@ def seed_team_account(endpoint_url: str, now: datetime | None = None) -> GroundT
     for region in REGIONS:
         # the emulator builds a service's backend on first use, drawing on the id generator: build the ones the
         # seeders use late before seeding it, so ids do not depend on what an earlier account in this process did
-        sandbox_client(endpoint_url, "autoscaling", region).describe_launch_configurations()
+        seeding_client(endpoint_url, "autoscaling", region).describe_launch_configurations()
     moto_api(endpoint_url, f"seed?a={SEED}")
     instances: list[InstanceSpec] = []
     first_of: dict[str, tuple[str, str]] = {}
@@ -227,7 +227,7 @@ def seed_team_account(endpoint_url: str, now: datetime | None = None) -> GroundT
     for region in REGIONS:
         stopped = [vm.instance_id for vm in instances if vm.region == region and vm.profile == "stopped"]
         if stopped:
-            sandbox_client(endpoint_url, "ec2", region).stop_instances(InstanceIds=stopped)
+            seeding_client(endpoint_url, "ec2", region).stop_instances(InstanceIds=stopped)
     volumes = _seed_disks(endpoint_url, now, rng, first_of)
     for region in REGIONS:
         metrics.put(endpoint_url, region, series[region])
@@ -256,7 +256,7 @@ def _seed_disks(endpoint_url: str, now: datetime, rng: random.Random,
         tags = team_tags(disk.owner, disk.name, protect=disk.kind == "protected")
         volume_id = _create_volume(endpoint_url, disk.region, zone, disk.volume_type, disk.size_gib, tags)
         if instance_id:
-            sandbox_client(endpoint_url, "ec2", disk.region).attach_volume(
+            seeding_client(endpoint_url, "ec2", disk.region).attach_volume(
                 VolumeId=volume_id, InstanceId=instance_id, Device="/dev/sdf")
         if disk.kind == "young":
             created_at = now - _YOUNG_VOLUME_AGE

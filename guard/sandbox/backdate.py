@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime, timezone
 
-from guard.sandbox.server import SandboxError, in_this_process, sandbox_client
+from guard.sandbox.server import SandboxError, in_this_process, seeding_client
 
 
 def _naive_utc(when: datetime) -> datetime:
@@ -27,7 +27,7 @@ def backdate(endpoint_url: str, region: str, *, instances: Mapping[str, datetime
                            "backdated there")
     from moto.ec2.models import ec2_backends
 
-    account_id = sandbox_client(endpoint_url, "sts", region).get_caller_identity()["Account"]
+    account_id = seeding_client(endpoint_url, "sts", region).get_caller_identity()["Account"]
     backend = ec2_backends[account_id][region]
     for instance_id, launched_at in (instances or {}).items():
         backend.get_instance(instance_id).launch_time = _naive_utc(launched_at)

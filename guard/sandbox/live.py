@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
 from guard.sandbox import metrics
-from guard.sandbox.server import sandbox_client
+from guard.sandbox.server import seeding_client
 from guard.sandbox.truth import GroundTruth
 
 CHECK_EVERY_SECONDS = 30
@@ -76,7 +76,7 @@ class LiveMetrics:
             events = [{"timestamp": int(when.timestamp() * 1000), "message": message}
                       for when in _replays(stream.since, stream.cycle, after, until) for message in stream.messages]
             if events:
-                sandbox_client(self.endpoint_url, "logs", stream.region).put_log_events(
+                seeding_client(self.endpoint_url, "logs", stream.region).put_log_events(
                     logGroupName=stream.group, logStreamName=stream.stream, logEvents=events)
                 written += len(events)
         return written

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from guard.sandbox.server import sandbox_client
+from guard.sandbox.server import seeding_client
 
 PERIOD = timedelta(minutes=5)
 SPAN = timedelta(hours=3)
@@ -59,7 +59,7 @@ def datums(instance_id: str, load: Load, stamps: Iterable[datetime], rng: random
 
 def put(endpoint_url: str, region: str, data: Iterable[dict], namespace: str = NAMESPACE) -> None:
     """PutMetricData in batches of up to 1,000 datums."""
-    cloudwatch = sandbox_client(endpoint_url, "cloudwatch", region)
+    cloudwatch = seeding_client(endpoint_url, "cloudwatch", region)
     batch: list[dict] = []
     for datum in data:
         batch.append(datum)

@@ -21,7 +21,7 @@ from guard.sandbox import metrics
 from guard.sandbox.account import LOADS, PROTECT_TAG, REGIONS, TEAMS
 from guard.sandbox.backdate import backdate
 from guard.sandbox.images import architecture, image_for
-from guard.sandbox.server import sandbox_client
+from guard.sandbox.server import seeding_client
 from guard.sandbox.truth import ExpectedFinding, InstanceSpec, LiveSeries, NearMiss, SeedContext, Seeded
 
 RULE = "idle-gpu"
@@ -75,7 +75,7 @@ def _tags(box: _GpuBox) -> list[dict[str, str]]:
 
 def _launch(endpoint_url: str, box: _GpuBox) -> str:
     tags = _tags(box)
-    reply = sandbox_client(endpoint_url, "ec2", box.region).run_instances(
+    reply = seeding_client(endpoint_url, "ec2", box.region).run_instances(
         ImageId=image_for(box.instance_type), InstanceType=box.instance_type, MinCount=1, MaxCount=1,
         TagSpecifications=[{"ResourceType": kind, "Tags": tags} for kind in ("instance", "volume")])
     return reply["Instances"][0]["InstanceId"]

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 
 from guard.pricing import GB, HOURS_PER_MONTH, LOGS_INGEST_USD_PER_GB, LOGS_STORAGE_USD_PER_GB_MONTH
 from guard.sandbox.account import REGIONS, TEAMS
-from guard.sandbox.server import sandbox_client
+from guard.sandbox.server import seeding_client
 from guard.sandbox.truth import (
     UNKNOWN_OWNER,
     ExpectedFinding,
@@ -233,7 +233,7 @@ def _events(group: _Group, stream: int, now: datetime, rng: random.Random, old: 
 
 
 def _write(context: SeedContext, group: _Group, rng: random.Random) -> _Written:
-    logs = sandbox_client(context.endpoint_url, "logs", group.region)
+    logs = seeding_client(context.endpoint_url, "logs", group.region)
     tags = {"owner": group.owner, "team": TEAMS[group.owner]} if group.owner else {}
     logs.create_log_group(logGroupName=group.name, **({"tags": tags} if tags else {}))
     if group.retention_days is not None:
@@ -269,7 +269,7 @@ def _ingestion(context: SeedContext, region: str) -> tuple[LiveSeries, ...]:
              "Timestamp": stamp, "Value": _point_bytes(group), "Unit": "Bytes"}
             for group in GROUPS if group.region == region and group.ingest_gb_per_hour for stamp in stamps]
     if data:
-        sandbox_client(context.endpoint_url, "cloudwatch", region).put_metric_data(Namespace="AWS/Logs",
+        seeding_client(context.endpoint_url, "cloudwatch", region).put_metric_data(Namespace="AWS/Logs",
                                                                                     MetricData=data)
     return LiveSeries.of(region, "AWS/Logs", WINDOW, data)
 

@@ -16,7 +16,7 @@ from guard.pricing import GB, NAT_GATEWAY_USD_PER_GB, NAT_GATEWAY_USD_PER_HOUR, 
 from guard.sandbox import metrics
 from guard.sandbox.account import REGIONS, team_tags
 from guard.sandbox.backdate import backdate
-from guard.sandbox.server import sandbox_client
+from guard.sandbox.server import seeding_client
 from guard.sandbox.truth import UNKNOWN_OWNER, ExpectedFinding, LiveSeries, NearMiss, SeedContext, Seeded
 
 UNATTACHED_EIPS = "unattached-eips"
@@ -108,7 +108,7 @@ def seed(context: SeedContext) -> Seeded:
         if vm.name:
             first_instance.setdefault((vm.region, vm.name), vm.instance_id)
     for region in REGIONS:
-        ec2 = sandbox_client(context.endpoint_url, "ec2", region)
+        ec2 = seeding_client(context.endpoint_url, "ec2", region)
         for eip in (e for e in EIPS if e.region == region):
             allocation_id = ec2.allocate_address(Domain="vpc", **_tag_specs(
                 team_tags(eip.owner, eip.name, eip.kind == "protected"), "elastic-ip"))["AllocationId"]
@@ -128,7 +128,7 @@ def seed(context: SeedContext) -> Seeded:
 
 
 def _seed_nat_gateways(context: SeedContext, region: str) -> Seeded:
-    ec2 = sandbox_client(context.endpoint_url, "ec2", region)
+    ec2 = seeding_client(context.endpoint_url, "ec2", region)
     vpc_tags = team_tags("tom.becker", "team-vpc")
     vpc_cidr, subnet_cidr = _CIDRS[region]
     vpc_id = ec2.create_vpc(CidrBlock=vpc_cidr, **_tag_specs(vpc_tags, "vpc"))["Vpc"]["VpcId"]

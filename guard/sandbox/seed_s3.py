@@ -19,7 +19,7 @@ from botocore.exceptions import ClientError
 from guard.pricing import S3_TIER1_USD_PER_1000, S3_TIER2_USD_PER_1000
 from guard.sandbox import metrics
 from guard.sandbox.account import PROTECT_TAG, REGIONS, TEAMS
-from guard.sandbox.server import sandbox_client
+from guard.sandbox.server import seeding_client
 from guard.sandbox.truth import UNKNOWN_OWNER, ExpectedFinding, LiveSeries, NearMiss, SeedContext, Seeded
 
 RULE = "chatty-s3"
@@ -137,7 +137,7 @@ def _datums(spec: _BucketSpec, now: datetime, rng: random.Random) -> Iterator[di
 
 
 def _create(endpoint_url: str, spec: _BucketSpec) -> None:
-    s3 = sandbox_client(endpoint_url, "s3", spec.region)
+    s3 = seeding_client(endpoint_url, "s3", spec.region)
     location = {} if spec.region == "us-east-1" else {
         "CreateBucketConfiguration": {"LocationConstraint": spec.region}}
     s3.create_bucket(Bucket=spec.name, **location)

@@ -18,7 +18,7 @@ from typing import Literal
 from guard.pricing import HOURS_PER_MONTH, SNAPSHOT_USD_PER_GB_MONTH, default_catalog
 from guard.sandbox.account import REGIONS, team_tags
 from guard.sandbox.backdate import backdate
-from guard.sandbox.server import SandboxError, sandbox_client
+from guard.sandbox.server import SandboxError, seeding_client
 from guard.sandbox.truth import UNKNOWN_OWNER, ExpectedFinding, NearMiss, SeedContext, Seeded
 
 ORPHANED_SNAPSHOTS = "orphaned-snapshots"
@@ -99,7 +99,7 @@ def seed(context: SeedContext) -> Seeded:
 
 
 def _seed_snapshots(context: SeedContext, region: str) -> Seeded:
-    ec2 = sandbox_client(context.endpoint_url, "ec2", region)
+    ec2 = seeding_client(context.endpoint_url, "ec2", region)
     team_volumes = {v.name: v.volume_id for v in context.volumes if v.region == region and v.name}
     created: dict[str, _Snap] = {}
     for snap in (s for s in SNAPSHOTS if s.region == region):
@@ -149,10 +149,10 @@ def _launch_from(context: SeedContext, region: str, snap: _Snap, snapshot_id: st
                                                       "DeleteOnTermination": True}}]
     image_id = "ami-0123456789abcdef0"
     if snap.kind == "used-by-launch-configuration":
-        sandbox_client(context.endpoint_url, "autoscaling", region).create_launch_configuration(
+        seeding_client(context.endpoint_url, "autoscaling", region).create_launch_configuration(
             LaunchConfigurationName=name, ImageId=image_id, InstanceType="m5.xlarge", BlockDeviceMappings=data_volume)
         return
-    ec2 = sandbox_client(context.endpoint_url, "ec2", region)
+    ec2 = seeding_client(context.endpoint_url, "ec2", region)
     tags = team_tags(snap.owner, name)
     template_id = ec2.create_launch_template(
         LaunchTemplateName=name,
@@ -167,7 +167,7 @@ def _launch_from(context: SeedContext, region: str, snap: _Snap, snapshot_id: st
 
 def _seed_stops(context: SeedContext, region: str) -> Seeded:
     """Backdate the stop of the region's stopped instances; their volumes are priced as describe_volumes reports."""
-    ec2 = sandbox_client(context.endpoint_url, "ec2", region)
+    ec2 = seeding_client(context.endpoint_url, "ec2", region)
     stopped = {vm.name: vm for vm in context.instances if vm.region == region and vm.profile == "stopped"}
     stops = [stop for stop in STOPS if stop.region == region]
     stopped_at: dict[str, datetime] = {}

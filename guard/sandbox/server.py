@@ -37,6 +37,7 @@ from botocore.client import BaseClient
 from botocore.config import Config
 
 from guard.aws import is_read_only
+from guard.sandbox import tag_lookup
 from guard.sandbox.images import image_catalog_path, seed_image_parameters
 
 if TYPE_CHECKING:
@@ -78,7 +79,8 @@ class SandboxError(RuntimeError):
 
 
 def _configure_moto() -> None:
-    """Moto's settings: our images (``guard.sandbox.images``) instead of its ~1,300, quiet request logs.
+    """Moto's settings: our images (``guard.sandbox.images``) instead of its ~1,300, quiet request logs, tags read
+    by resource id (``guard.sandbox.tag_lookup``).
 
     ``MOTO_AMIS_PATH`` is read when moto's EC2 models are first imported: if something imported them before
     (a ``mock_aws`` test, say), moto keeps its own images and Graviton instances report ``x86_64``.
@@ -86,6 +88,7 @@ def _configure_moto() -> None:
     os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
     os.environ["MOTO_AMIS_PATH"] = str(image_catalog_path())
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    tag_lookup.install()
 
 
 def _no_proxy() -> str:
@@ -410,3 +413,34 @@ def sandbox_client(endpoint_url: str, service: str, region: str) -> BaseClient:
                             region_name=region)
     config = Config(retries={"mode": "standard", "max_attempts": 3}, read_timeout=120)
     return session.client(service, endpoint_url=endpoint_url, config=config)
+
+
+@cache
+def seeding_client(endpoint_url: str, service: str, region: str) -> BaseClient:
+    """A client for the emulator of this process whose requests moto answers in process, without HTTP.
+
+    For seeding: an account takes hundreds of setup calls, and answering them over loopback HTTP costs about half
+    their time. The client addresses AWS's own endpoints, which moto's request matcher (the one ``mock_aws`` uses)
+    routes to the same in-process objects the server serves; a request it does not recognise fails instead of
+    leaving the process. These requests are not in the server's request log and get no ``add_answer`` reply.
+    """
+    if not in_this_process(endpoint_url):
+        raise SandboxError(f"{endpoint_url} is not a SandboxServer of this process")
+    from moto.core.botocore_stubber import BotocoreStubber
+
+    stubber = BotocoreStubber()
+    stubber.enabled = True
+
+    def answer_in_process(event_name: str, request: Any, **kwargs: Any) -> Any:
+        response = stubber(event_name, request, **kwargs)
+        if response is None:
+            raise SandboxError(f"the emulator in this process does not answer {request.method} {request.url}")
+        return response
+
+    session = boto3.Session(botocore_session=botocore.session.Session(session_vars=_NO_PROFILE),
+                            aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY,
+                            region_name=region)
+    config = Config(retries={"mode": "standard", "max_attempts": 1}, ignore_configured_endpoint_urls=True)
+    client = session.client(service, config=config)
+    client.meta.events.register_first("before-send", answer_in_process)
+    return client

@@ -36,7 +36,7 @@ import botocore.session
 from botocore.client import BaseClient
 from botocore.config import Config
 
-from guard.aws import is_read_only
+from guard.aws import is_read_only, new_session
 from guard.sandbox import tag_lookup
 from guard.sandbox.images import image_catalog_path, seed_image_parameters
 
@@ -408,9 +408,8 @@ _NO_PROFILE = {
 @cache
 def sandbox_client(endpoint_url: str, service: str, region: str) -> BaseClient:
     """A boto3 client for the sandbox with the sandbox's own credentials, whatever the environment holds."""
-    session = boto3.Session(botocore_session=botocore.session.Session(session_vars=_NO_PROFILE),
-                            aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY,
-                            region_name=region)
+    session = new_session(botocore.session.Session(session_vars=_NO_PROFILE), aws_access_key_id=ACCESS_KEY_ID,
+                          aws_secret_access_key=SECRET_ACCESS_KEY, region_name=region)
     config = Config(retries={"mode": "standard", "max_attempts": 3}, read_timeout=120)
     return session.client(service, endpoint_url=endpoint_url, config=config)
 
@@ -437,9 +436,8 @@ def seeding_client(endpoint_url: str, service: str, region: str) -> BaseClient:
             raise SandboxError(f"the emulator in this process does not answer {request.method} {request.url}")
         return response
 
-    session = boto3.Session(botocore_session=botocore.session.Session(session_vars=_NO_PROFILE),
-                            aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY,
-                            region_name=region)
+    session = new_session(botocore.session.Session(session_vars=_NO_PROFILE), aws_access_key_id=ACCESS_KEY_ID,
+                          aws_secret_access_key=SECRET_ACCESS_KEY, region_name=region)
     config = Config(retries={"mode": "standard", "max_attempts": 1}, ignore_configured_endpoint_urls=True)
     client = session.client(service, config=config)
     client.meta.events.register_first("before-send", answer_in_process)

@@ -30,6 +30,7 @@ RETRY_CONFIG = Config(
 )
 
 READ_PREFIXES = ("Describe", "List", "Get", "Filter", "Head", "Lookup", "Search")
+"""Operation name prefixes that only read; anything else counts as mutating (an unknown verb fails safe)."""
 
 
 @cache
@@ -47,7 +48,6 @@ def new_session(botocore_session: botocore.session.Session | None = None, **kwar
     core = botocore_session or botocore.session.Session()
     core.register_component("data_loader", shared_loader())
     return boto3.Session(botocore_session=core, **kwargs)
-"""Operation name prefixes that only read; anything else counts as mutating (an unknown verb fails safe)."""
 
 
 def is_read_only(operation: str) -> bool:

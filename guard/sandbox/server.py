@@ -405,11 +405,16 @@ _NO_PROFILE = {
 """botocore session variables read from neither the environment nor ~/.aws: no profile can leak in."""
 
 
+def _sandbox_session(region: str) -> boto3.Session:
+    """A session with the sandbox's own credentials, whatever the environment or ~/.aws holds."""
+    return new_session(botocore.session.Session(session_vars=_NO_PROFILE), aws_access_key_id=ACCESS_KEY_ID,
+                       aws_secret_access_key=SECRET_ACCESS_KEY, region_name=region)
+
+
 @cache
 def sandbox_client(endpoint_url: str, service: str, region: str) -> BaseClient:
     """A boto3 client for the sandbox with the sandbox's own credentials, whatever the environment holds."""
-    session = new_session(botocore.session.Session(session_vars=_NO_PROFILE), aws_access_key_id=ACCESS_KEY_ID,
-                          aws_secret_access_key=SECRET_ACCESS_KEY, region_name=region)
+    session = _sandbox_session(region)
     config = Config(retries={"mode": "standard", "max_attempts": 3}, read_timeout=120)
     return session.client(service, endpoint_url=endpoint_url, config=config)
 
@@ -436,8 +441,7 @@ def seeding_client(endpoint_url: str, service: str, region: str) -> BaseClient:
             raise SandboxError(f"the emulator in this process does not answer {request.method} {request.url}")
         return response
 
-    session = new_session(botocore.session.Session(session_vars=_NO_PROFILE), aws_access_key_id=ACCESS_KEY_ID,
-                          aws_secret_access_key=SECRET_ACCESS_KEY, region_name=region)
+    session = _sandbox_session(region)
     config = Config(retries={"mode": "standard", "max_attempts": 1}, ignore_configured_endpoint_urls=True)
     client = session.client(service, config=config)
     client.meta.events.register_first("before-send", answer_in_process)
